@@ -1,0 +1,40 @@
+{
+  "targets": [
+    {
+      "target_name": "vmm",
+      "sources": [
+        "csrc/addon/addon.cc",
+        "csrc/addon/engine_wrap.cc",
+        "csrc/addon/errors.cc",
+        "csrc/addon/image_wrap.cc",
+        "csrc/common/status.cc",
+        "csrc/devices/hypercalls.cc",
+        "csrc/engine/engine.cc",
+        "csrc/engine/vcpu_loop.cc",
+        "csrc/kvm/context.cc",
+        "csrc/kvm/exit.cc",
+        "csrc/kvm/system.cc",
+        "csrc/kvm/x86_layout.cc",
+        "csrc/memory/elf.cc",
+        "csrc/memory/guest_memory.cc",
+        "csrc/memory/image.cc"
+      ],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "csrc",
+        "csrc/guest/include"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NAPI_DISABLE_CPP_EXCEPTIONS",
+        "NODE_ADDON_API_DISABLE_DEPRECATED"
+      ],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-missing-field-initializers", "-O2"],
+      "conditions": [
+        ["OS!='linux'", {"type": "none"}]
+      ]
+    }
+  ]
+}

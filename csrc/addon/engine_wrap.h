@@ -1,0 +1,38 @@
+// JS wrapper of the engine: one per VMM object.
+#pragma once
+
+#include <napi.h>
+
+#include <memory>
+
+#include "engine/engine.h"
+
+namespace vmm::addon {
+
+class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
+public:
+    static Napi::Function define(Napi::Env env);
+    explicit EngineWrap(const Napi::CallbackInfo &info);
+    ~EngineWrap() override;
+
+private:
+    Napi::Value create(const Napi::CallbackInfo &info);
+    Napi::Value start(const Napi::CallbackInfo &info);
+    Napi::Value call(const Napi::CallbackInfo &info);
+    Napi::Value kill(const Napi::CallbackInfo &info);
+    Napi::Value destroy(const Napi::CallbackInfo &info);
+    Napi::Value stats(const Napi::CallbackInfo &info);
+    Napi::Value state(const Napi::CallbackInfo &info);
+    Napi::Value shutdown(const Napi::CallbackInfo &info);
+    Napi::Value ref(const Napi::CallbackInfo &info);
+    Napi::Value unref(const Napi::CallbackInfo &info);
+
+    // Stops the engine and releases the event function; safe to repeat.
+    void close();
+
+    std::shared_ptr<Engine> engine_;
+    Napi::ThreadSafeFunction events_;
+    bool closed_ = false;
+};
+
+}  // namespace vmm::addon

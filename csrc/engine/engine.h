@@ -1,0 +1,132 @@
+// The engine: a fixed pool of worker threads that runs every VM of one VMM.
+//
+// A VM is queued when it has work (its first run, a message, an expired
+// deadline) and holds no thread while it waits. KVM_RUN never runs on the
+// Node main thread or the libuv pool.
+#pragma once
+
+#include <pthread.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <queue>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/events.h"
+#include "engine/machine.h"
+#include "kvm/system.h"
+
+namespace vmm {
+
+struct EngineOptions {
+    unsigned workers = 2;
+    uint64_t slice_ms = 10;  // time a guest may run while others are queued
+};
+
+struct VmStats {
+    VmState state;
+    uint64_t exits, hypercalls, hypercall_errors, calls, replies, run_ns;
+    uint64_t console_bytes, console_dropped;
+    uint64_t private_bytes, shared_bytes;
+    uint64_t ram_size;
+};
+
+class Engine {
+public:
+    Engine(std::shared_ptr<KvmSystem> kvm, EngineOptions options,
+           std::function<void()> notify);
+    ~Engine();
+    Engine(const Engine &) = delete;
+    Engine &operator=(const Engine &) = delete;
+
+    // Registers a VM; nothing touches KVM until start().
+    uint64_t create(std::shared_ptr<Image> image, uint64_t ram_size, std::string cmdline);
+
+    // Queues the VM's first run. Emits kStarted or kStartFailed.
+    // Codes: ERR_VM_DESTROYED, ERR_VM_ALREADY_STARTED, ERR_VMM_CLOSED.
+    Status start(uint64_t vm_id);
+
+    // Queues a message. The reply arrives as kReply with the same call id.
+    // Codes: ERR_VM_DESTROYED, ERR_VM_NOT_STARTED, ERR_VM_EXITED.
+    Status call(uint64_t vm_id, uint64_t call_id, std::vector<uint8_t> data);
+
+    // Ends the VM with reason "killed". A running vCPU is stopped with
+    // immediate_exit and a signal. Idempotent. Codes: ERR_VM_DESTROYED.
+    Status kill(uint64_t vm_id);
+
+    // Kills the VM if needed and forgets it; its KVM context and memory are
+    // released as soon as no worker uses them. Idempotent.
+    void destroy(uint64_t vm_id);
+
+    Status stats(uint64_t vm_id, VmStats *out);
+
+    // Reads the VM's state without touching its memory; false if unknown.
+    bool state(uint64_t vm_id, VmState *out);
+
+    // Moves the VM's pending console bytes into `out`.
+    void take_console(uint64_t vm_id, std::string *out);
+
+    std::vector<Event> drain_events() { return events_.drain(); }
+
+    // Stops every VM and joins the threads. Safe to call twice.
+    void shutdown();
+
+    size_t vm_count();
+
+private:
+    struct Worker {
+        std::thread thread;
+        pthread_t handle{};
+        std::shared_ptr<Machine> current;  // guarded by mutex_
+    };
+    struct Timer {
+        uint64_t deadline_ns;
+        uint64_t seq;
+        std::weak_ptr<Machine> machine;
+        bool operator>(const Timer &other) const { return deadline_ns > other.deadline_ns; }
+    };
+
+    void worker_main(unsigned index);
+    void watchdog_main();
+    void run_machine(const std::shared_ptr<Machine> &m, bool boot);
+    Status boot_machine(Machine &m);
+    // Runs the vCPU until it waits, exits or is preempted.
+    void run_vcpu(const std::shared_ptr<Machine> &m);
+    void finish(const std::shared_ptr<Machine> &m, ExitInfo info);
+    void kick_locked(Machine &m);
+    void fire_timers_locked(uint64_t now_ns);
+    void make_runnable_locked(const std::shared_ptr<Machine> &m);
+    std::shared_ptr<Machine> find_locked(uint64_t vm_id);
+    // Completes a VMM_HC_WAIT that the guest is stopped in: copies the next
+    // message in or reports the timeout. Returns false when nothing is ready.
+    bool complete_wait_locked(Machine &m);
+
+    friend class HypercallHandler;
+
+    std::shared_ptr<KvmSystem> kvm_;
+    EngineOptions options_;
+    EventQueue events_;
+
+    std::mutex mutex_;
+    std::condition_variable work_cv_;
+    std::condition_variable watchdog_cv_;
+    bool stopping_ = false;
+    uint64_t next_id_ = 1;
+    std::unordered_map<uint64_t, std::shared_ptr<Machine>> machines_;
+    std::deque<std::shared_ptr<Machine>> run_queue_;
+    std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
+    std::vector<Worker> workers_;
+    std::thread watchdog_;
+    unsigned running_ = 0;
+};
+
+uint64_t monotonic_ns();
+
+}  // namespace vmm

@@ -1,0 +1,66 @@
+// Events the engine hands to JavaScript. Workers push them; the addon is told
+// when the queue becomes non-empty and drains it in one batch on the main
+// thread, so a burst of replies costs one main-thread wakeup.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/machine.h"
+
+namespace vmm {
+
+enum class EventType : uint8_t {
+    kStarted,      // the VM's KVM context is ready and it runs
+    kStartFailed,  // building the KVM context failed; `error` says why
+    kConsole,      // the VM has console bytes; take them with Engine::take_console
+    kReply,        // reply to call `call_id`, bytes in `data`
+    kCallFailed,   // call `call_id` failed; `error` says why
+    kExit,         // the VM ended; `exit` says how
+};
+
+struct Event {
+    EventType type;
+    uint64_t vm_id = 0;
+    uint64_t call_id = 0;
+    std::vector<uint8_t> data;
+    std::shared_ptr<const ExitInfo> exit;
+    Status error;
+};
+
+class EventQueue {
+public:
+    // `notify` runs on the pushing thread when the queue goes from empty to
+    // non-empty; it must only schedule the drain.
+    explicit EventQueue(std::function<void()> notify) : notify_(std::move(notify)) {}
+
+    void push(Event event) {
+        bool was_empty;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            was_empty = events_.empty();
+            events_.push_back(std::move(event));
+        }
+        if (was_empty && notify_) {
+            notify_();
+        }
+    }
+
+    std::vector<Event> drain() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        std::vector<Event> out;
+        out.swap(events_);
+        return out;
+    }
+
+private:
+    std::function<void()> notify_;
+    std::mutex mutex_;
+    std::vector<Event> events_;
+};
+
+}  // namespace vmm

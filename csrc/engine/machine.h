@@ -1,0 +1,108 @@
+// The engine's record of one VM: its configuration, scheduling state,
+// mailbox, console buffer and counters.
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "kvm/context.h"
+#include "memory/guest_memory.h"
+#include "memory/image.h"
+
+namespace vmm {
+
+enum class VmState : uint8_t {
+    kCreated,   // not started
+    kStarting,  // queued for its first run (the worker builds its KVM context)
+    kRunnable,  // queued for a worker
+    kRunning,   // on a worker, inside or around KVM_RUN
+    kWaiting,   // blocked in VMM_HC_WAIT; holds no thread
+    kExited,    // ended; its KVM context and memory are released
+};
+
+const char *vm_state_name(VmState state);
+
+// Why and how a VM ended. `reason` is one of "exit", "crash", "fault", "killed".
+struct ExitInfo {
+    int code = 0;
+    std::string reason;
+    std::string message;
+    std::string exit_name;  // KVM exit reason, for crashes
+    bool has_exception = false;
+    uint64_t vector = 0;
+    uint64_t error_code = 0;
+    uint64_t rip = 0;
+    uint64_t cr2 = 0;
+    bool has_regs = false;
+    kvm_regs regs{};
+};
+
+struct Message {
+    uint64_t call_id;
+    std::vector<uint8_t> data;
+};
+
+// Console bytes not yet taken by JavaScript. Bounded: a guest that writes
+// faster than Node drains loses the excess, counted in `dropped`, and its
+// vCPU never blocks.
+struct ConsoleBuffer {
+    static constexpr size_t kCapacity = 64 * 1024;
+    std::mutex mutex;
+    std::string pending;
+    bool queued = false;  // an event for this buffer is in the event queue
+    uint64_t written = 0;
+    uint64_t dropped = 0;
+};
+
+struct MachineCounters {
+    // Relaxed atomics: statistics only, read from the main thread while a
+    // worker updates them; no other memory depends on their values.
+    std::atomic<uint64_t> exits{0};
+    std::atomic<uint64_t> hypercalls{0};
+    std::atomic<uint64_t> hypercall_errors{0};  // calls that returned a negative value
+    std::atomic<uint64_t> calls{0};
+    std::atomic<uint64_t> replies{0};
+    std::atomic<uint64_t> run_ns{0};
+};
+
+struct Machine {
+    Machine(uint64_t id, std::shared_ptr<Image> image, uint64_t ram_size, std::string cmdline)
+        : id(id), image(std::move(image)), ram_size(ram_size), cmdline(std::move(cmdline)) {}
+
+    const uint64_t id;
+    const std::shared_ptr<Image> image;
+    const uint64_t ram_size;
+    const std::string cmdline;
+
+    // Guarded by Engine::mutex_.
+    VmState state = VmState::kCreated;
+    std::deque<Message> inbox;
+    uint64_t awaiting_reply = 0;  // call id of the message the guest holds, 0 = none
+    bool in_wait = false;         // stopped inside VMM_HC_WAIT
+    bool wait_timed_out = false;
+    uint64_t wait_block = 0;      // guest address of the VMM_HC_WAIT block
+    uint64_t wait_seq = 0;        // tells a stale deadline timer from the current one
+    int worker = -1;              // index of the worker running it, while kRunning
+    uint64_t slice_start_ns = 0;
+    std::unique_ptr<KvmContext> kvm;
+    std::unique_ptr<GuestMemory> memory;
+    std::shared_ptr<ExitInfo> exit;
+
+    // Set from any thread, read by the worker after KVM_RUN returns. Release
+    // on store and acquire on load, so that the worker that sees the flag
+    // also sees the state written before it.
+    std::atomic<bool> kill_requested{false};
+    std::atomic<bool> preempt_requested{false};
+
+    ConsoleBuffer console;
+    MachineCounters counters;
+};
+
+}  // namespace vmm

@@ -1,0 +1,58 @@
+// One KVM virtual machine with one vCPU and one memory slot: the unit the
+// engine creates per running guest (and will pool later).
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "common/status.h"
+#include "kvm/system.h"
+
+namespace vmm {
+
+class KvmContext {
+public:
+    // Creates the VM and its vCPU, maps kvm_run and installs the supported
+    // CPUID table. Codes: ERR_KVM_CREATE (errno and syscall set),
+    // ERR_RESOURCE_LIMIT when the process is out of file descriptors.
+    static Status create(const KvmSystem &sys, std::unique_ptr<KvmContext> *out);
+
+    ~KvmContext();
+    KvmContext(const KvmContext &) = delete;
+    KvmContext &operator=(const KvmContext &) = delete;
+
+    // Registers [host, host + size) as guest physical [0, size) in slot 0.
+    Status map_ram(void *host, uint64_t size);
+
+    // Puts the vCPU in 64-bit user mode at `entry` (see x86_layout.h).
+    Status set_entry_state(uint64_t entry, uint64_t ram_size);
+
+    // Runs the vCPU until the next exit. Returns 0 or the errno of KVM_RUN
+    // (EINTR when a signal or immediate_exit stopped it).
+    int run();
+
+    const kvm_run &run_state() const { return *run_; }
+
+    // Makes the current or next KVM_RUN return EINTR. Called from any thread;
+    // the worker clears it with clear_exit_request() after it has seen the
+    // request. Relaxed ordering is enough for the byte itself, because the
+    // caller publishes the reason for the request with its own atomics first.
+    void request_exit() { __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_RELEASE); }
+    void clear_exit_request() { __atomic_store_n(&run_->immediate_exit, 0, __ATOMIC_RELAXED); }
+
+    Status get_regs(kvm_regs *regs) const;
+    Status get_sregs(kvm_sregs *sregs) const;
+    Status set_regs(const kvm_regs &regs);
+
+private:
+    KvmContext() = default;
+
+    int vm_fd_ = -1;
+    int vcpu_fd_ = -1;
+    kvm_run *run_ = nullptr;
+    size_t run_size_ = 0;
+};
+
+}  // namespace vmm

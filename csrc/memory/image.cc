@@ -1,0 +1,100 @@
+#include "memory/image.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "kvm/x86_layout.h"
+#include "vmm_abi.h"
+
+namespace vmm {
+
+Status Image::parse(const uint8_t *data, size_t size, std::shared_ptr<Image> *out) {
+    std::shared_ptr<Image> image(new Image());
+    std::string reason = parse_elf(data, size, &image->elf_);
+    if (!reason.empty()) {
+        return Status::failure("ERR_IMAGE_INVALID", "invalid guest image: " + reason);
+    }
+    image->file_.assign(data, data + size);
+    *out = std::move(image);
+    return Status::success();
+}
+
+Image::~Image() {
+    for (auto &entry : layouts_) {
+        close(entry.second.fd);
+    }
+}
+
+Status Image::layout(uint64_t ram_size, const ImageLayout **out) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = layouts_.find(ram_size);
+    if (it == layouts_.end()) {
+        ImageLayout built;
+        Status status = build_layout(ram_size, &built);
+        if (!status.ok()) {
+            return status;
+        }
+        it = layouts_.emplace(ram_size, built).first;
+    }
+    // std::map nodes are stable, so the pointer stays valid while the Image lives.
+    *out = &it->second;
+    return Status::success();
+}
+
+uint64_t Image::layout_bytes() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    uint64_t total = 0;
+    for (const auto &entry : layouts_) {
+        total += entry.second.size;
+    }
+    return total;
+}
+
+Status Image::build_layout(uint64_t ram_size, ImageLayout *out) const {
+    const uint64_t size = elf_.load_end > VMM_RESERVED_END ? elf_.load_end : VMM_RESERVED_END;
+    int fd = memfd_create("vmm-image", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) {
+        int err = errno;
+        const char *code = (err == EMFILE || err == ENFILE) ? "ERR_RESOURCE_LIMIT"
+                                                            : "ERR_OUT_OF_MEMORY";
+        return Status::from_errno(code, format("memfd_create failed: %s", std::strerror(err)),
+                                  err, "memfd_create");
+    }
+    auto fail = [&](const char *syscall) {
+        int err = errno;
+        close(fd);
+        return Status::from_errno("ERR_OUT_OF_MEMORY",
+                                  format("building the image layout failed in %s: %s", syscall,
+                                         std::strerror(err)),
+                                  err, syscall);
+    };
+    if (ftruncate(fd, static_cast<off_t>(size)) < 0) {
+        return fail("ftruncate");
+    }
+    void *map = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) {
+        return fail("mmap");
+    }
+    auto *bytes = static_cast<uint8_t *>(map);
+    x86::build_supervisor_area(bytes, ram_size);
+    for (const ElfSegment &seg : elf_.segments) {
+        // parse_elf checked offset + filesz against the file and
+        // vaddr + memsz against load_end, which is at most `size`.
+        std::memcpy(bytes + seg.vaddr, file_.data() + seg.offset, seg.filesz);
+    }
+    munmap(map, size);
+
+    // Sealed: no VM or later code can change the pages every VM shares.
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
+        return fail("fcntl");
+    }
+    out->fd = fd;
+    out->size = size;
+    return Status::success();
+}
+
+}  // namespace vmm

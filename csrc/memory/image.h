@@ -1,0 +1,56 @@
+// A validated guest image and its memory layouts: sealed memfds that every
+// VM of the image maps MAP_PRIVATE, so the image's pages exist once on the
+// host however many VMs run it.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "memory/elf.h"
+
+namespace vmm {
+
+// Guest physical [0, size) of one RAM size: the supervisor area, an empty
+// boot information page and the loaded segments.
+struct ImageLayout {
+    int fd = -1;
+    uint64_t size = 0;
+};
+
+class Image {
+public:
+    // Validates an ELF file. Code: ERR_IMAGE_INVALID with the reason.
+    static Status parse(const uint8_t *data, size_t size, std::shared_ptr<Image> *out);
+
+    ~Image();
+    Image(const Image &) = delete;
+    Image &operator=(const Image &) = delete;
+
+    uint64_t entry() const { return elf_.entry; }
+    // Guest bytes the segments need: the smallest RAM that holds them.
+    uint64_t load_end() const { return elf_.load_end; }
+    const ElfImage &elf() const { return elf_; }
+
+    // Returns the layout for `ram_size`, building and sealing it on first use.
+    // Thread-safe. Codes: ERR_OUT_OF_MEMORY.
+    Status layout(uint64_t ram_size, const ImageLayout **out);
+
+    // Bytes of layout memfds this image holds (each page counted once).
+    uint64_t layout_bytes() const;
+
+private:
+    Image() = default;
+    Status build_layout(uint64_t ram_size, ImageLayout *out) const;
+
+    ElfImage elf_;
+    std::vector<uint8_t> file_;
+    mutable std::mutex mutex_;
+    std::map<uint64_t, ImageLayout> layouts_;  // by RAM size
+};
+
+}  // namespace vmm

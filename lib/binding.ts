@@ -1,0 +1,97 @@
+// The native addon and the one declaration of its surface. Only this file
+// loads it; everything else imports the types and `native` from here.
+import * as path from 'node:path';
+
+/** Error fields the addon sets on the errors it throws or reports in events. */
+export interface NativeErrorFields {
+  code: string;
+  message: string;
+  errno?: number;
+  syscall?: string;
+}
+
+/** How a VM ended, as the engine reports it. Addresses are hex strings. */
+export interface NativeExit {
+  code: number;
+  reason: 'exit' | 'crash' | 'fault' | 'killed';
+  message: string;
+  exitName?: string;
+  vector?: number;
+  errorCode?: number;
+  rip?: string;
+  cr2?: string;
+  registers?: Record<string, string>;
+}
+
+export type NativeEvent =
+  | { type: 'started'; vm: number }
+  | { type: 'startFailed'; vm: number; error: NativeErrorFields }
+  | { type: 'console'; vm: number; data: Buffer }
+  | { type: 'reply'; vm: number; call: number; data: Buffer }
+  | { type: 'callFailed'; vm: number; call: number; error: NativeErrorFields }
+  | { type: 'exit'; vm: number; exit: NativeExit };
+
+export type NativeVMState = 'created' | 'starting' | 'running' | 'waiting' | 'exited' | 'destroyed';
+
+export interface NativeVMStats {
+  state: NativeVMState;
+  exits: number;
+  hypercalls: number;
+  hypercallErrors: number;
+  calls: number;
+  replies: number;
+  runNs: number;
+  consoleBytes: number;
+  consoleDroppedBytes: number;
+  privateBytes: number;
+  sharedBytes: number;
+  memoryBytes: number;
+}
+
+export interface NativeImage {
+  readonly entry: number;
+  readonly loadEnd: number;
+  layoutBytes(): number;
+}
+
+export interface NativeEngine {
+  create(image: NativeImage, ramSize: number, cmdline: string): number;
+  start(vm: number): void;
+  call(vm: number, call: number, payload: Uint8Array): void;
+  kill(vm: number): void;
+  destroy(vm: number): void;
+  stats(vm: number): NativeVMStats;
+  state(vm: number): NativeVMState;
+  shutdown(): void;
+  ref(): void;
+  unref(): void;
+}
+
+export interface NativeConstants {
+  abiVersion: number;
+  ramMin: number;
+  ramMax: number;
+  ramAlign: number;
+  cmdlineMax: number;
+  messageMax: number;
+  reservedEnd: number;
+}
+
+interface NativeModule {
+  NativeImage: new (bytes: Uint8Array) => NativeImage;
+  NativeEngine: new (
+    options: { workers: number; sliceMs: number },
+    onEvents: (events: NativeEvent[]) => void,
+  ) => NativeEngine;
+  probe(): { maxMemslots: number; runMmapSize: number };
+  constants: NativeConstants;
+}
+
+/** The package root: dist/lib/binding.js sits two levels below it. */
+export const packageRoot = path.resolve(__dirname, '..', '..');
+
+// node-gyp-build has no type declarations; it returns the loaded addon.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const nodeGypBuild = require('node-gyp-build') as (root: string) => unknown;
+
+export const native = nodeGypBuild(packageRoot) as NativeModule;

@@ -1,0 +1,288 @@
+import { EventEmitter } from 'node:events';
+import { TextDecoder } from 'node:util';
+
+import type { NativeEngine, NativeExit, NativeVMState } from './binding';
+import { VMMError, invalidType, outOfRange } from './errors';
+
+/** Lifecycle state of a VM. `running` includes waiting for a free worker. */
+export type VMState = NativeVMState;
+
+/**
+ * How a VM ended. `reason` is `exit` (the guest exited with `code`), `crash`
+ * (an exception, triple fault or KVM error; `detail` carries the vector, rip,
+ * cr2 and registers), `fault` (the guest passed the VMM an invalid address
+ * where no error could be returned) or `killed` (by {@link VM.kill},
+ * {@link VM.destroy} or {@link VMM.close}). `code` is -1 unless the guest
+ * exited.
+ */
+export interface VMExit {
+  code: number;
+  reason: 'exit' | 'crash' | 'fault' | 'killed';
+  detail: NativeExit;
+}
+
+/** Counters of one VM, from {@link VM.stats}. */
+export interface VMStats {
+  state: VMState;
+  /** KVM_RUN returns, including hypercalls. */
+  exits: number;
+  hypercalls: number;
+  /** Hypercalls that returned an error to the guest (such as a bad pointer). */
+  hypercallErrors: number;
+  /** Messages sent with {@link VM.call}. */
+  calls: number;
+  replies: number;
+  /** Nanoseconds spent on a worker thread. */
+  runNs: number;
+  /** Console bytes the guest wrote that were kept. */
+  consoleBytes: number;
+  /** Console bytes dropped because the per-VM buffer (64 KiB) was full. */
+  consoleDroppedBytes: number;
+  /** Resident guest pages only this VM holds, in bytes. */
+  privateBytes: number;
+  /** Resident guest pages shared with the image, in bytes. */
+  sharedBytes: number;
+  /** Guest RAM size in bytes. */
+  memoryBytes: number;
+}
+
+/** Events of {@link VM}. */
+export interface VMEvents {
+  /** Console text written by the guest, decoded as UTF-8. */
+  console: [text: string];
+  /** The VM ended. Emitted once. */
+  exit: [exit: VMExit];
+}
+
+interface PendingCall {
+  resolve(reply: Uint8Array): void;
+  reject(err: Error): void;
+}
+
+/** Hooks from a VM back to its VMM. @internal */
+export interface VMHost {
+  engine(): NativeEngine;
+  nextCallId(): number;
+  setAlive(vm: VM, alive: boolean): void;
+  forget(vm: VM): void;
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * One hardware-isolated virtual machine. Create it with
+ * {@link VMM.createVM}, then {@link VM.start} it.
+ *
+ * @example
+ * ```ts
+ * const vm = vmm.createVM({ image, memory: '16M' });
+ * vm.on('console', (text) => process.stdout.write(text));
+ * await vm.start();
+ * const reply = await vm.call('ping');
+ * vm.destroy();
+ * ```
+ */
+export class VM extends EventEmitter<VMEvents> {
+  /** Engine-assigned id, unique within its VMM; the guest reads it too. */
+  readonly id: number;
+  readonly #host: VMHost;
+  readonly #pending = new Map<number, PendingCall>();
+  #decoder: TextDecoder | undefined;
+  #exit: VMExit | undefined;
+  #exitWaiters: Array<(exit: VMExit) => void> = [];
+  #startWaiter: { resolve(): void; reject(err: Error): void } | undefined;
+  #destroyed = false;
+
+  /** @internal */
+  constructor(id: number, host: VMHost) {
+    super();
+    this.id = id;
+    this.#host = host;
+  }
+
+  /** Current lifecycle state. */
+  get state(): VMState {
+    if (this.#destroyed) return 'destroyed';
+    if (this.#exit) return 'exited';
+    return this.#host.engine().state(this.id);
+  }
+
+  /** How the VM ended, once it has. */
+  get exitInfo(): VMExit | undefined {
+    return this.#exit;
+  }
+
+  /**
+   * Builds the VM's KVM context on a worker thread and runs the guest.
+   *
+   * @returns a Promise that resolves once the guest runs
+   * @throws VMMError `ERR_VM_ALREADY_STARTED`, `ERR_VM_DESTROYED`,
+   *   `ERR_VMM_CLOSED`; rejects with `ERR_KVM_CREATE`, `ERR_RESOURCE_LIMIT`
+   *   or `ERR_OUT_OF_MEMORY` when the context cannot be built
+   */
+  start(): Promise<void> {
+    if (this.#destroyed) return Promise.reject(this.#destroyedError());
+    return new Promise((resolve, reject) => {
+      try {
+        this.#host.engine().start(this.id);
+      } catch (err) {
+        reject(VMMError.fromNative(err));
+        return;
+      }
+      this.#startWaiter = { resolve, reject };
+      this.#host.setAlive(this, true);
+    });
+  }
+
+  /**
+   * Sends a message to the guest and resolves with its reply. Messages are
+   * delivered in order; the guest receives each one from its `wait`
+   * hypercall.
+   *
+   * @param payload - at most 65536 bytes; a string is sent as UTF-8
+   * @returns the reply bytes
+   * @throws TypeError or RangeError for a bad payload; rejects with VMMError
+   *   `ERR_VM_NOT_STARTED`, `ERR_VM_EXITED`, `ERR_VM_DESTROYED` or
+   *   `ERR_CALL_UNANSWERED`
+   * @example
+   * ```ts
+   * const reply = new TextDecoder().decode(await vm.call('hello'));
+   * ```
+   */
+  call(payload: Uint8Array | string): Promise<Uint8Array> {
+    let bytes: Uint8Array;
+    if (typeof payload === 'string') bytes = encoder.encode(payload);
+    else if (payload instanceof Uint8Array) bytes = payload;
+    else return Promise.reject(invalidType('payload', 'a Uint8Array or a string', payload));
+    if (bytes.byteLength > 65536) {
+      return Promise.reject(outOfRange('payload', 'at most 65536 bytes', `${bytes.byteLength} bytes`));
+    }
+    if (this.#destroyed) return Promise.reject(this.#destroyedError());
+    if (this.#exit) return Promise.reject(this.#exitedError());
+    const callId = this.#host.nextCallId();
+    return new Promise((resolve, reject) => {
+      try {
+        this.#host.engine().call(this.id, callId, bytes);
+      } catch (err) {
+        reject(VMMError.fromNative(err));
+        return;
+      }
+      this.#pending.set(callId, { resolve, reject });
+    });
+  }
+
+  /**
+   * Stops the VM. A running vCPU is interrupted within milliseconds.
+   * Idempotent.
+   *
+   * @returns a Promise that resolves with the exit once the VM has ended
+   */
+  kill(): Promise<VMExit> {
+    if (this.#exit) return Promise.resolve(this.#exit);
+    if (this.#destroyed) return Promise.reject(this.#destroyedError());
+    const exited = this.wait();
+    this.#host.engine().kill(this.id);
+    return exited;
+  }
+
+  /**
+   * Resolves when the VM ends, with how it ended.
+   */
+  wait(): Promise<VMExit> {
+    if (this.#exit) return Promise.resolve(this.#exit);
+    if (this.#destroyed) return Promise.reject(this.#destroyedError());
+    return new Promise((resolve) => this.#exitWaiters.push(resolve));
+  }
+
+  /**
+   * Kills the VM if it runs and releases its KVM context and memory.
+   * Pending calls reject with `ERR_VM_DESTROYED`. Idempotent.
+   */
+  destroy(): void {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    this.#host.engine().destroy(this.id);
+    const err = this.#destroyedError();
+    this.#rejectAll(err);
+    this.#startWaiter?.reject(err);
+    this.#startWaiter = undefined;
+    this.#host.setAlive(this, false);
+    this.#host.forget(this);
+  }
+
+  /**
+   * Reads the VM's counters and resident memory.
+   *
+   * @throws VMMError `ERR_VM_DESTROYED`
+   */
+  stats(): VMStats {
+    if (this.#destroyed) throw this.#destroyedError();
+    try {
+      return this.#host.engine().stats(this.id);
+    } catch (err) {
+      throw VMMError.fromNative(err);
+    }
+  }
+
+  /** Handles one engine event for this VM. @internal */
+  handleEvent(event: import('./binding').NativeEvent): void {
+    if (this.#destroyed) return;
+    switch (event.type) {
+      case 'started':
+        this.#startWaiter?.resolve();
+        this.#startWaiter = undefined;
+        break;
+      case 'startFailed':
+        this.#startWaiter?.reject(VMMError.fromNative(event.error));
+        this.#startWaiter = undefined;
+        break;
+      case 'console': {
+        if (this.listenerCount('console') === 0) break;
+        this.#decoder ??= new TextDecoder('utf-8');
+        const text = this.#decoder.decode(event.data, { stream: true });
+        if (text.length > 0) this.emit('console', text);
+        break;
+      }
+      case 'reply': {
+        const call = this.#pending.get(event.call);
+        this.#pending.delete(event.call);
+        call?.resolve(event.data);
+        break;
+      }
+      case 'callFailed': {
+        const call = this.#pending.get(event.call);
+        this.#pending.delete(event.call);
+        call?.reject(VMMError.fromNative(event.error));
+        break;
+      }
+      case 'exit': {
+        const exit: VMExit = { code: event.exit.code, reason: event.exit.reason, detail: event.exit };
+        this.#exit = exit;
+        this.#startWaiter?.resolve();
+        this.#startWaiter = undefined;
+        this.#rejectAll(this.#exitedError());
+        this.#host.setAlive(this, false);
+        const waiters = this.#exitWaiters;
+        this.#exitWaiters = [];
+        for (const resolve of waiters) resolve(exit);
+        this.emit('exit', exit);
+        break;
+      }
+    }
+  }
+
+  #rejectAll(err: Error): void {
+    const pending = [...this.#pending.values()];
+    this.#pending.clear();
+    for (const call of pending) call.reject(err);
+  }
+
+  #destroyedError(): VMMError {
+    return new VMMError('ERR_VM_DESTROYED', `VM ${this.id} was destroyed`);
+  }
+
+  #exitedError(): VMMError {
+    const how = this.#exit ? `: ${this.#exit.detail.message}` : '';
+    return new VMMError('ERR_VM_EXITED', `VM ${this.id} has exited${how}`);
+  }
+}

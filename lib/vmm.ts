@@ -1,0 +1,206 @@
+import { readFile } from 'node:fs/promises';
+import createDebug from 'debug';
+
+import { native } from './binding';
+import type { NativeEngine, NativeEvent } from './binding';
+import { VMMError, invalidType } from './errors';
+import { Image } from './image';
+import { resolveCreateVMOptions, resolveVMMOptions } from './options';
+import type { CreateVMOptions, ResolvedVMMOptions, VMMOptions } from './options';
+import { VM } from './vm';
+import type { VMHost } from './vm';
+
+const log = createDebug('vmm');
+const logEngine = createDebug('vmm:engine');
+const logImage = createDebug('vmm:image');
+
+/**
+ * The engine: owns a pool of native worker threads and every VM created
+ * through it. A process may have several.
+ *
+ * The VMM keeps Node's event loop alive while one of its VMs has started
+ * and not ended, the way a listening server does; {@link VMM.close} or
+ * destroying the VMs lets the process exit.
+ *
+ * @example
+ * ```ts
+ * import { VMM, bundledGuest } from 'node-vmm';
+ *
+ * const vmm = new VMM();
+ * const image = await vmm.loadImage(bundledGuest('counter'));
+ * const vm = vmm.createVM({ image, memory: '16M' });
+ * await vm.start();
+ * console.log(new TextDecoder().decode(await vm.call('hi')));
+ * await vmm.close();
+ * ```
+ */
+export class VMM {
+  /** Options in force, with defaults filled in. */
+  readonly options: Readonly<ResolvedVMMOptions>;
+  #engine: NativeEngine | undefined;
+  readonly #vms = new Map<number, WeakRef<VM>>();
+  readonly #alive = new Set<number>();
+  readonly #finalizer: FinalizationRegistry<number>;
+  readonly #host: VMHost;
+  #nextCall = 1;
+
+  /**
+   * Opens /dev/kvm and starts the worker threads.
+   *
+   * @throws TypeError or RangeError for invalid options
+   * @throws VMMError `ERR_KVM_UNAVAILABLE` (no /dev/kvm or KVM module),
+   *   `ERR_KVM_PERMISSION` (no read and write access; join the kvm group),
+   *   `ERR_KVM_CAPABILITY` (the host lacks a KVM feature the engine needs)
+   */
+  constructor(options?: VMMOptions) {
+    this.options = Object.freeze(resolveVMMOptions(options));
+    try {
+      this.#engine = new native.NativeEngine(this.options, (events) => this.#dispatch(events));
+    } catch (err) {
+      throw VMMError.fromNative(err);
+    }
+    // A VM object collected without destroy() still releases its KVM
+    // context, memory and descriptors.
+    this.#finalizer = new FinalizationRegistry((id) => {
+      log('VM %d collected without destroy()', id);
+      this.#vms.delete(id);
+      this.#setAliveId(id, false);
+      this.#engine?.destroy(id);
+    });
+    this.#host = {
+      engine: () => this.#requireEngine(),
+      nextCallId: () => this.#nextCall++,
+      setAlive: (vm, alive) => this.#setAliveId(vm.id, alive),
+      forget: (vm) => {
+        this.#vms.delete(vm.id);
+        this.#finalizer.unregister(vm);
+      },
+    };
+    log('started with %d workers', this.options.workers);
+  }
+
+  /** True after {@link VMM.close}. */
+  get closed(): boolean {
+    return this.#engine === undefined;
+  }
+
+  /** Number of VMs created and not yet destroyed or collected. */
+  get size(): number {
+    return this.#vms.size;
+  }
+
+  /**
+   * Reads and validates a guest ELF image.
+   *
+   * @param path - a 64-bit x86-64 static ELF executable built for the guest ABI
+   * @returns the validated image, ready for {@link VMM.createVM}
+   * @throws VMMError `ERR_IMAGE_READ` when the file cannot be read,
+   *   `ERR_IMAGE_INVALID` with the reason when it is not a valid guest image
+   * @example
+   * ```ts
+   * const image = await vmm.loadImage('./my-guest.elf');
+   * ```
+   */
+  async loadImage(path: string): Promise<Image> {
+    if (typeof path !== 'string' || path.length === 0) {
+      throw invalidType('path', 'a non-empty string', path);
+    }
+    this.#requireEngine();
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(path);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      throw new VMMError('ERR_IMAGE_READ', `failed to read guest image ${path}: ${e.message}`, {
+        errno: typeof e.errno === 'number' ? -e.errno : undefined,
+        syscall: e.syscall,
+      });
+    }
+    try {
+      const image = new Image(path, new native.NativeImage(bytes));
+      logImage('loaded %s: entry 0x%s, %d bytes', path, image.entry.toString(16), bytes.length);
+      return image;
+    } catch (err) {
+      const wrapped = VMMError.fromNative(err);
+      if (wrapped instanceof VMMError) {
+        throw new VMMError(wrapped.code, `${path}: ${wrapped.message}`);
+      }
+      throw wrapped;
+    }
+  }
+
+  /**
+   * Creates a VM. Nothing touches KVM until {@link VM.start}.
+   *
+   * @throws TypeError or RangeError naming the invalid option
+   * @throws VMMError `ERR_VMM_CLOSED`
+   * @example
+   * ```ts
+   * const vm = vmm.createVM({ image, memory: '32M', cmdline: 'verbose' });
+   * ```
+   */
+  createVM(options: CreateVMOptions): VM {
+    const resolved = resolveCreateVMOptions(options, (value): value is Image => value instanceof Image);
+    const engine = this.#requireEngine();
+    let id: number;
+    try {
+      id = engine.create(resolved.image.native, resolved.memory, resolved.cmdline);
+    } catch (err) {
+      throw VMMError.fromNative(err);
+    }
+    const vm = new VM(id, this.#host);
+    this.#vms.set(id, new WeakRef(vm));
+    this.#finalizer.register(vm, id, vm);
+    return vm;
+  }
+
+  /**
+   * Destroys every VM and stops the worker threads. Idempotent.
+   */
+  async close(): Promise<void> {
+    const engine = this.#engine;
+    if (!engine) return;
+    for (const ref of [...this.#vms.values()]) ref.deref()?.destroy();
+    this.#vms.clear();
+    this.#alive.clear();
+    this.#engine = undefined;
+    engine.shutdown();
+    log('closed');
+  }
+
+  #requireEngine(): NativeEngine {
+    if (!this.#engine) throw new VMMError('ERR_VMM_CLOSED', 'the VMM is closed: create a new VMM');
+    return this.#engine;
+  }
+
+  #setAliveId(id: number, alive: boolean): void {
+    const engine = this.#engine;
+    if (!engine) return;
+    const before = this.#alive.size;
+    if (alive) this.#alive.add(id);
+    else this.#alive.delete(id);
+    if (before === 0 && this.#alive.size > 0) engine.ref();
+    if (before > 0 && this.#alive.size === 0) engine.unref();
+  }
+
+  #dispatch(events: NativeEvent[]): void {
+    for (const event of events) {
+      if (event.type === 'exit') {
+        logEngine('VM %d exit: %s', event.vm, event.exit.message);
+      } else if (event.type === 'startFailed') {
+        logEngine('VM %d start failed: %s', event.vm, event.error.message);
+      }
+      const vm = this.#vms.get(event.vm)?.deref();
+      if (!vm) continue;
+      try {
+        vm.handleEvent(event);
+      } catch (err) {
+        // A throwing 'console' or 'exit' listener must not stop the rest of
+        // the batch; rethrow it on its own tick as EventEmitter would.
+        process.nextTick(() => {
+          throw err;
+        });
+      }
+    }
+  }
+}
