@@ -7,3 +7,5 @@ export type { VMMErrorCode } from './errors';
 export type { VMMOptions, CreateVMOptions } from './options';
 export { parseSize } from './options';
 export { bundledGuest, listGuests, guestDir } from './guests';
+export { runFleet } from './fleet';
+export type { FleetOptions, FleetResult } from './fleet';

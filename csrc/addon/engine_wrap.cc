@@ -1,5 +1,6 @@
 #include "addon/engine_wrap.h"
 
+#include <atomic>
 #include <string>
 
 #include "addon/addon.h"
@@ -177,9 +178,15 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Engine
     // finds nothing to deliver.
     auto weak = std::make_shared<std::weak_ptr<Engine>>();
     Napi::ThreadSafeFunction tsfn = events_;
-    engine_ = std::make_shared<Engine>(std::move(sys), engine_options, [tsfn, weak]() mutable {
+    std::shared_ptr<std::atomic<bool>> closed = closed_flag_;
+    engine_ = std::make_shared<Engine>(std::move(sys), engine_options, [tsfn, weak, closed]() mutable {
         std::weak_ptr<Engine> target = *weak;
-        tsfn.NonBlockingCall([target](Napi::Env env, Napi::Function callback) {
+        tsfn.NonBlockingCall([target, closed](Napi::Env env, Napi::Function callback) {
+            // After close() the environment may be tearing down, where
+            // calling into JavaScript is not allowed; drop the batch.
+            if (closed->load(std::memory_order_acquire)) {
+                return;
+            }
             if (std::shared_ptr<Engine> engine = target.lock()) {
                 deliver(env, callback, engine);
             }
@@ -197,6 +204,7 @@ void EngineWrap::close() {
         return;
     }
     closed_ = true;
+    closed_flag_->store(true, std::memory_order_release);
     if (engine_) {
         engine_->shutdown();
     }

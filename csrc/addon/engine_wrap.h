@@ -3,6 +3,7 @@
 
 #include <napi.h>
 
+#include <atomic>
 #include <memory>
 
 #include "engine/engine.h"
@@ -33,6 +34,8 @@ private:
     std::shared_ptr<Engine> engine_;
     Napi::ThreadSafeFunction events_;
     bool closed_ = false;
+    // Read by queued event deliveries, which may run after close().
+    std::shared_ptr<std::atomic<bool>> closed_flag_ = std::make_shared<std::atomic<bool>>(false);
 };
 
 }  // namespace vmm::addon

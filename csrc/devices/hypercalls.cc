@@ -96,8 +96,24 @@ HypercallResult handle_hypercall(Machine &m, uint64_t block_gpa, HypercallHost &
             ret = -VMM_EFAULT;
             break;
         }
-        result.outcome = host.wait(m, block_gpa);
+        result.outcome = host.wait(m, block_gpa, call.args[0], call.args[1], call.args[2]);
         return result;
+    case VMM_HC_REPLY_WAIT: {
+        if (call.args[1] > VMM_MSG_MAX) {
+            ret = -VMM_EMSGSIZE;
+            break;
+        }
+        const uint8_t *reply = memory.user_range(call.args[0], call.args[1]);
+        if (reply == nullptr || memory.user_range(call.args[2], call.args[3]) == nullptr) {
+            ret = -VMM_EFAULT;
+            break;
+        }
+        // The first call of a serve loop has nothing to reply to; reply()
+        // returns -VMM_EINVAL then, which is not an error here.
+        host.reply(m, reply, call.args[1]);
+        result.outcome = host.wait(m, block_gpa, call.args[2], call.args[3], call.args[4]);
+        return result;
+    }
     case VMM_HC_REPLY: {
         if (call.args[1] > VMM_MSG_MAX) {
             ret = -VMM_EMSGSIZE;

@@ -27,9 +27,11 @@ class HypercallHost {
 public:
     virtual ~HypercallHost() = default;
     virtual void console_write(Machine &m, const uint8_t *data, size_t len) = 0;
-    // Delivers the next message for the VMM_HC_WAIT block at `block_gpa` or
-    // parks the VM. Returns kResume when `ret` has been written.
-    virtual HypercallOutcome wait(Machine &m, uint64_t block_gpa) = 0;
+    // Delivers the next message into the checked buffer [buf, buf + cap) or
+    // parks the VM until one arrives or `deadline` (CLOCK_MONOTONIC ns, 0 =
+    // none) passes. Returns kResume when `ret` in the block has been written.
+    virtual HypercallOutcome wait(Machine &m, uint64_t block_gpa, uint64_t buf, uint64_t cap,
+                                  uint64_t deadline) = 0;
     // Returns 0 or a negative VMM_E* value.
     virtual int64_t reply(Machine &m, const uint8_t *data, size_t len) = 0;
 };

@@ -158,6 +158,7 @@ Status Engine::start(uint64_t vm_id) {
     }
     m->state = VmState::kStarting;
     run_queue_.push_back(m);
+    queue_length_.store(run_queue_.size(), std::memory_order_release);
     work_cv_.notify_one();
     return Status::success();
 }
@@ -189,6 +190,7 @@ Status Engine::call(uint64_t vm_id, uint64_t call_id, std::vector<uint8_t> data)
 void Engine::make_runnable_locked(const std::shared_ptr<Machine> &m) {
     m->state = VmState::kRunnable;
     run_queue_.push_back(m);
+    queue_length_.store(run_queue_.size(), std::memory_order_release);
     work_cv_.notify_one();
 }
 
@@ -312,14 +314,9 @@ void Engine::fire_timers_locked(uint64_t now_ns) {
 
 bool Engine::complete_wait_locked(Machine &m) {
     const GuestMemory &memory = *m.memory;
-    const auto *block = reinterpret_cast<const vmm_hypercall *>(
-        memory.user_range(m.wait_block, sizeof(vmm_hypercall)));
-    if (block == nullptr) {
-        return false;
-    }
-    uint64_t buf = block->args[0];
-    uint64_t cap = block->args[1];
-    uint64_t deadline = block->args[2];
+    const uint64_t buf = m.wait_buf;
+    const uint64_t cap = m.wait_cap;
+    const uint64_t deadline = m.wait_deadline;
     int64_t ret;
     if (!m.inbox.empty()) {
         Message &msg = m.inbox.front();
@@ -353,11 +350,25 @@ void Engine::worker_main(unsigned index) {
     pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
 
     std::unique_lock<std::mutex> lock(mutex_);
+    bool spun = false;
     for (;;) {
         if (stopping_) {
             return;
         }
         fire_timers_locked(monotonic_ns());
+        if (run_queue_.empty() && !spun && options_.spin_us > 0) {
+            // Poll briefly before sleeping: a call usually follows a reply
+            // within microseconds, and waking a sleeping thread costs tens
+            // of microseconds on a virtualized host.
+            spun = true;
+            lock.unlock();
+            uint64_t until = monotonic_ns() + options_.spin_us * 1000;
+            while (queue_length_.load(std::memory_order_acquire) == 0 && monotonic_ns() < until) {
+                __builtin_ia32_pause();
+            }
+            lock.lock();
+            continue;
+        }
         if (run_queue_.empty()) {
             if (timers_.empty()) {
                 work_cv_.wait(lock);
@@ -372,6 +383,8 @@ void Engine::worker_main(unsigned index) {
         }
         std::shared_ptr<Machine> m = std::move(run_queue_.front());
         run_queue_.pop_front();
+        queue_length_.store(run_queue_.size(), std::memory_order_release);
+        spun = false;
         if (m->state != VmState::kRunnable && m->state != VmState::kStarting) {
             continue;  // killed or destroyed while queued
         }

@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -28,6 +29,7 @@ namespace vmm {
 struct EngineOptions {
     unsigned workers = 2;
     uint64_t slice_ms = 10;  // time a guest may run while others are queued
+    uint64_t spin_us = 100;  // time an idle worker polls the queue before sleeping
 };
 
 struct VmStats {
@@ -121,6 +123,10 @@ private:
     uint64_t next_id_ = 1;
     std::unordered_map<uint64_t, std::shared_ptr<Machine>> machines_;
     std::deque<std::shared_ptr<Machine>> run_queue_;
+    // Mirror of run_queue_.size() that idle workers poll without the lock.
+    // Release on store (under mutex_) and acquire on load: a worker that
+    // sees a non-zero length then takes mutex_ and finds the entry.
+    std::atomic<size_t> queue_length_{0};
     std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
     std::vector<Worker> workers_;
     std::thread watchdog_;

@@ -87,7 +87,10 @@ struct Machine {
     uint64_t awaiting_reply = 0;  // call id of the message the guest holds, 0 = none
     bool in_wait = false;         // stopped inside VMM_HC_WAIT
     bool wait_timed_out = false;
-    uint64_t wait_block = 0;      // guest address of the VMM_HC_WAIT block
+    uint64_t wait_block = 0;      // guest address of the waiting hypercall's block
+    uint64_t wait_buf = 0;        // message buffer, checked when the wait began
+    uint64_t wait_cap = 0;
+    uint64_t wait_deadline = 0;   // CLOCK_MONOTONIC ns, 0 = none
     uint64_t wait_seq = 0;        // tells a stale deadline timer from the current one
     int worker = -1;              // index of the worker running it, while kRunning
     uint64_t slice_start_ns = 0;

@@ -40,7 +40,8 @@ public:
         }
     }
 
-    HypercallOutcome wait(Machine &m, uint64_t block_gpa) override {
+    HypercallOutcome wait(Machine &m, uint64_t block_gpa, uint64_t buf, uint64_t cap,
+                          uint64_t deadline) override {
         std::lock_guard<std::mutex> lock(engine_.mutex_);
         if (m.awaiting_reply != 0) {
             Event event;
@@ -56,14 +57,13 @@ public:
         m.in_wait = true;
         m.wait_timed_out = false;
         m.wait_block = block_gpa;
+        m.wait_buf = buf;
+        m.wait_cap = cap;
+        m.wait_deadline = deadline;
         m.wait_seq++;
         if (engine_.complete_wait_locked(m)) {
             return HypercallOutcome::kResume;
         }
-        const auto *block =
-            reinterpret_cast<const vmm_hypercall *>(m.memory->user_range(block_gpa, sizeof(vmm_hypercall)));
-        // handle_hypercall checked the block before calling wait().
-        uint64_t deadline = block->args[2];
         if (deadline != 0) {
             engine_.timers_.push(Engine::Timer{deadline, m.wait_seq, machine_});
             // A worker sleeping without a timeout must recompute its sleep.

@@ -68,7 +68,7 @@ struct vmm_boot_info {
  * to VMM_DOORBELL_ADDR, and reads ret when the store completes. */
 struct vmm_hypercall {
     uint64_t nr;
-    uint64_t args[4];
+    uint64_t args[6];
     int64_t ret; /* >= 0 on success, a negative VMM_E* value on failure */
 };
 
@@ -91,6 +91,12 @@ enum vmm_hypercall_nr {
     VMM_HC_CLOCK = 5,
     /* args: buf, len (<= VMM_RANDOM_MAX). ret: len. */
     VMM_HC_RANDOM = 6,
+    /* args: reply_buf, reply_len, buf, cap, deadline. Replies to the message
+     * that awaits a reply, if any, then waits as VMM_HC_WAIT does. One exit
+     * instead of two per served call. ret: as VMM_HC_WAIT, or the error of
+     * the reply part (-VMM_EFAULT, -VMM_EMSGSIZE), in which case it does
+     * not wait. */
+    VMM_HC_REPLY_WAIT = 7,
 };
 
 enum vmm_clock_id {
