@@ -7,6 +7,7 @@
         "csrc/addon/engine_wrap.cc",
         "csrc/addon/errors.cc",
         "csrc/addon/image_wrap.cc",
+        "csrc/addon/testing.cc",
         "csrc/common/status.cc",
         "csrc/devices/hypercalls.cc",
         "csrc/engine/engine.cc",

@@ -85,6 +85,19 @@ interface NativeModule {
   ) => NativeEngine;
   probe(): { maxMemslots: number; runMmapSize: number };
   constants: NativeConstants;
+  /** Pure engine functions for tests; nothing here touches /dev/kvm. */
+  testing: {
+    decodeExit(run: {
+      reason: number;
+      address?: number | bigint;
+      data?: number | bigint;
+      size?: number;
+      isWrite?: boolean;
+      count?: number;
+      suberror?: number;
+    }): { kind: string; reasonName: string; address: bigint; value: bigint; size: number; isWrite: boolean };
+    exitReasons: Record<'MMIO' | 'IO' | 'HLT' | 'SHUTDOWN' | 'INTERNAL_ERROR' | 'FAIL_ENTRY' | 'INTR' | 'DEBUG' | 'SYSTEM_EVENT', number>;
+  };
 }
 
 /** The package root: dist/lib/binding.js sits two levels below it. */

@@ -64,6 +64,14 @@ export interface VMHost {
   engine(): NativeEngine;
   nextCallId(): number;
   setAlive(vm: VM, alive: boolean): void;
+  /**
+   * Keeps the VM reachable while it has a pending start, call or wait: a
+   * caller that awaits `vm.call()` may hold no other reference to it, and
+   * collecting it would destroy the VM under the pending Promise.
+   */
+  hold(vm: VM, held: boolean): void;
+  /** Destroys the native VM; does nothing once the VMM is closed. */
+  release(vm: VM): void;
   forget(vm: VM): void;
 }
 
@@ -131,6 +139,7 @@ export class VM extends EventEmitter<VMEvents> {
       }
       this.#startWaiter = { resolve, reject };
       this.#host.setAlive(this, true);
+      this.#updateHold();
     });
   }
 
@@ -168,6 +177,7 @@ export class VM extends EventEmitter<VMEvents> {
         return;
       }
       this.#pending.set(callId, { resolve, reject });
+      this.#updateHold();
     });
   }
 
@@ -191,22 +201,34 @@ export class VM extends EventEmitter<VMEvents> {
   wait(): Promise<VMExit> {
     if (this.#exit) return Promise.resolve(this.#exit);
     if (this.#destroyed) return Promise.reject(this.#destroyedError());
-    return new Promise((resolve) => this.#exitWaiters.push(resolve));
+    return new Promise((resolve) => {
+      this.#exitWaiters.push(resolve);
+      this.#updateHold();
+    });
   }
 
   /**
    * Kills the VM if it runs and releases its KVM context and memory.
-   * Pending calls reject with `ERR_VM_DESTROYED`. Idempotent.
+   * Pending calls reject with `ERR_VM_DESTROYED`; pending {@link VM.wait}
+   * calls resolve with reason `killed`. Idempotent.
    */
   destroy(): void {
     if (this.#destroyed) return;
     this.#destroyed = true;
-    this.#host.engine().destroy(this.id);
+    this.#host.release(this);
     const err = this.#destroyedError();
     this.#rejectAll(err);
     this.#startWaiter?.reject(err);
     this.#startWaiter = undefined;
+    if (!this.#exit) {
+      const message = 'destroyed by the host';
+      this.#exit = { code: -1, reason: 'killed', detail: { code: -1, reason: 'killed', message } };
+    }
+    const waiters = this.#exitWaiters;
+    this.#exitWaiters = [];
+    for (const resolve of waiters) resolve(this.#exit);
     this.#host.setAlive(this, false);
+    this.#host.hold(this, false);
     this.#host.forget(this);
   }
 
@@ -227,6 +249,14 @@ export class VM extends EventEmitter<VMEvents> {
   /** Handles one engine event for this VM. @internal */
   handleEvent(event: import('./binding').NativeEvent): void {
     if (this.#destroyed) return;
+    try {
+      this.#handle(event);
+    } finally {
+      this.#updateHold();
+    }
+  }
+
+  #handle(event: import('./binding').NativeEvent): void {
     switch (event.type) {
       case 'started':
         this.#startWaiter?.resolve();
@@ -269,6 +299,11 @@ export class VM extends EventEmitter<VMEvents> {
         break;
       }
     }
+  }
+
+  #updateHold(): void {
+    const held = this.#pending.size > 0 || this.#startWaiter !== undefined || this.#exitWaiters.length > 0;
+    this.#host.hold(this, held && !this.#destroyed);
   }
 
   #rejectAll(err: Error): void {

@@ -40,6 +40,7 @@ export class VMM {
   #engine: NativeEngine | undefined;
   readonly #vms = new Map<number, WeakRef<VM>>();
   readonly #alive = new Set<number>();
+  readonly #held = new Map<number, VM>();
   readonly #finalizer: FinalizationRegistry<number>;
   readonly #host: VMHost;
   #nextCall = 1;
@@ -71,6 +72,11 @@ export class VMM {
       engine: () => this.#requireEngine(),
       nextCallId: () => this.#nextCall++,
       setAlive: (vm, alive) => this.#setAliveId(vm.id, alive),
+      hold: (vm, held) => {
+        if (held) this.#held.set(vm.id, vm);
+        else this.#held.delete(vm.id);
+      },
+      release: (vm) => this.#engine?.destroy(vm.id),
       forget: (vm) => {
         this.#vms.delete(vm.id);
         this.#finalizer.unregister(vm);
@@ -163,6 +169,7 @@ export class VMM {
     for (const ref of [...this.#vms.values()]) ref.deref()?.destroy();
     this.#vms.clear();
     this.#alive.clear();
+    this.#held.clear();
     this.#engine = undefined;
     engine.shutdown();
     log('closed');

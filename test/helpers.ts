@@ -1,8 +1,10 @@
 // Shared test helpers: the /dev/kvm gate and small utilities.
 import * as fs from 'node:fs';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 
 import { VMM, bundledGuest } from '../lib/index.js';
-import type { Image, VM } from '../lib/index.js';
+import type { Image, VM, VMExit } from '../lib/index.js';
 
 /** Why KVM tests cannot run here, or undefined when they can. */
 export function kvmMissingReason(): string | undefined {
@@ -60,4 +62,112 @@ export function sleep(ms: number): Promise<void> {
 /** Decodes reply bytes as UTF-8 text. */
 export function text(bytes: Uint8Array): string {
   return new TextDecoder().decode(bytes);
+}
+
+/** Error fields the tests check: a Node-style or engine `code` and the message. */
+export type CodedError = Error & { code?: string };
+
+/** Returns the error `promise` rejects with, and fails the test if it resolves. */
+export async function rejectionOf(promise: Promise<unknown>): Promise<CodedError> {
+  try {
+    await promise;
+  } catch (err) {
+    return err as CodedError;
+  }
+  throw new Error('expected the promise to reject, but it resolved');
+}
+
+/** Returns the error `fn` throws, and fails the test if it returns. */
+export function errorOf(fn: () => unknown): CodedError {
+  try {
+    fn();
+  } catch (err) {
+    return err as CodedError;
+  }
+  throw new Error('expected the function to throw, but it returned');
+}
+
+/** How a promise settled within a time limit. */
+export type Settlement<T> =
+  | { status: 'resolved'; value: T }
+  | { status: 'rejected'; error: CodedError }
+  | { status: 'pending' };
+
+/**
+ * Waits at most `ms` milliseconds for `promise` to settle, so that a promise
+ * that never settles fails its test fast instead of at the mocha timeout.
+ */
+export async function settleWithin<T>(promise: Promise<T>, ms: number): Promise<Settlement<T>> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<Settlement<T>>((resolve) => {
+    timer = setTimeout(() => resolve({ status: 'pending' }), ms);
+  });
+  const settled = promise.then(
+    (value): Settlement<T> => ({ status: 'resolved', value }),
+    (error): Settlement<T> => ({ status: 'rejected', error: error as CodedError }),
+  );
+  try {
+    return await Promise.race([settled, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Resolves once the VM's console output contains `needle`. Attach it before start(). */
+export function consoleContains(vm: VM, needle: string): Promise<void> {
+  return new Promise((resolve) => {
+    let seen = '';
+    const onConsole = (chunk: string): void => {
+      seen += chunk;
+      if (seen.includes(needle)) {
+        vm.off('console', onConsole);
+        resolve();
+      }
+    };
+    vm.on('console', onConsole);
+  });
+}
+
+let gcFunction: (() => void) | undefined;
+
+/**
+ * Runs a full garbage collection. Uses `global.gc` when node runs with
+ * --expose-gc, and otherwise turns the V8 flag on at run time and takes `gc`
+ * from a new context, because mocha starts node without the flag.
+ */
+export function collectGarbage(): void {
+  if (gcFunction === undefined) {
+    const exposed = (globalThis as { gc?: () => void }).gc;
+    if (typeof exposed === 'function') {
+      gcFunction = exposed;
+    } else {
+      setFlagsFromString('--expose-gc');
+      gcFunction = runInNewContext('gc') as () => void;
+    }
+  }
+  gcFunction();
+}
+
+/**
+ * Proportional set size of this process in bytes, from
+ * /proc/self/smaps_rollup, or undefined where the kernel lacks that file
+ * (before Linux 4.14). A page mapped N times counts 1/N in each mapping, so
+ * unlike RSS it counts a page shared by several guest mappings once.
+ */
+export function pssBytes(): number | undefined {
+  let rollup: string;
+  try {
+    rollup = fs.readFileSync('/proc/self/smaps_rollup', 'utf8');
+  } catch {
+    return undefined;
+  }
+  const match = /^Pss:\s+(\d+) kB$/m.exec(rollup);
+  return match ? Number(match[1]) * 1024 : undefined;
+}
+
+/** Starts a VM and resolves with its exit, for guests that end on their own. */
+export async function runToExit(vm: VM): Promise<VMExit> {
+  const exited = vm.wait();
+  await vm.start();
+  return exited;
 }

@@ -6,6 +6,7 @@
 #include "addon/engine_wrap.h"
 #include "addon/errors.h"
 #include "addon/image_wrap.h"
+#include "addon/testing.h"
 #include "vmm_abi.h"
 
 namespace vmm::addon {
@@ -73,6 +74,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
     exports.Set("NativeEngine", engine);
     exports.Set("probe", Napi::Function::New(env, probe));
     exports.Set("constants", constants(env));
+    exports.Set("testing", testing_exports(env));
     return exports;
 }
 

@@ -45,6 +45,8 @@
 
 #define VMM_BOOT_MAGIC 0x424d4d56u /* "VMMB" in little-endian order */
 
+#ifndef __ASSEMBLER__
+
 /* Boot information block at VMM_BOOT_INFO_ADDR, written by the VMM before the
  * guest starts. A clone of a snapshot gets a new vm_id and random_seed, so a
  * guest reads these fields when it needs them instead of caching them. */
@@ -110,5 +112,15 @@ enum vmm_clock_id {
 #define VMM_ENOSYS 38    /* unknown hypercall number */
 #define VMM_EMSGSIZE 90  /* a message or reply does not fit */
 #define VMM_ETIMEDOUT 110 /* the deadline passed */
+
+#ifdef __cplusplus
+static_assert(sizeof(struct vmm_boot_info) == 2088, "boot info layout is part of the ABI");
+static_assert(sizeof(struct vmm_hypercall) == 64, "hypercall block layout is part of the ABI");
+#else
+_Static_assert(sizeof(struct vmm_boot_info) == 2088, "boot info layout is part of the ABI");
+_Static_assert(sizeof(struct vmm_hypercall) == 64, "hypercall block layout is part of the ABI");
+#endif
+
+#endif /* __ASSEMBLER__ */
 
 #endif /* VMM_ABI_H */

@@ -97,6 +97,18 @@ int64_t vmm_wait(void *buf, size_t cap, uint64_t deadline_ns);
 int64_t vmm_reply(const void *buf, size_t len);
 
 /**
+ * Replies with `reply_len` bytes to the message that awaits a reply, if any,
+ * then waits for the next message as vmm_wait() does. One exit to the host
+ * instead of two, which is what vmm_serve() uses. `reply` must not lie in the
+ * boot information block.
+ *
+ * @returns as vmm_wait(), or -VMM_EFAULT / -VMM_EMSGSIZE from the reply
+ *          part, in which case it did not wait.
+ */
+int64_t vmm_reply_wait(const void *reply, size_t reply_len, void *buf, size_t cap,
+                       uint64_t deadline_ns);
+
+/**
  * Reads a host clock.
  *
  * @param clock_id VMM_CLOCK_MONOTONIC or VMM_CLOCK_REALTIME (ns since the Unix

@@ -5,14 +5,9 @@
 
 #define BOOT_INFO ((const volatile struct vmm_boot_info *)VMM_BOOT_INFO_ADDR)
 
-int64_t vmm_hypercall(uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3)
+/* Rings the doorbell with `call` and returns its result. */
+static int64_t ring(struct vmm_hypercall *call)
 {
-    struct vmm_hypercall call = {
-        .nr = nr,
-        .args = {a0, a1, a2, a3},
-        .ret = 0,
-    };
-
     /*
      * One 8-byte store of the block's address to the doorbell. The VMM runs
      * the hypercall during the store, so it reads the block and any input
@@ -22,9 +17,32 @@ int64_t vmm_hypercall(uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2, uint64
      */
     __asm__ volatile("movq %0, (%1)"
                      :
-                     : "r"(&call), "r"((uint64_t)VMM_DOORBELL_ADDR)
+                     : "r"(call), "r"((uint64_t)VMM_DOORBELL_ADDR)
                      : "memory");
-    return call.ret;
+    return call->ret;
+}
+
+int64_t vmm_hypercall(uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3)
+{
+    struct vmm_hypercall call = {
+        .nr = nr,
+        .args = {a0, a1, a2, a3},
+        .ret = 0,
+    };
+
+    return ring(&call);
+}
+
+int64_t vmm_reply_wait(const void *reply, size_t reply_len, void *buf, size_t cap,
+                       uint64_t deadline_ns)
+{
+    struct vmm_hypercall call = {
+        .nr = VMM_HC_REPLY_WAIT,
+        .args = {(uintptr_t)reply, reply_len, (uintptr_t)buf, cap, deadline_ns},
+        .ret = 0,
+    };
+
+    return ring(&call);
 }
 
 /* The VMM rejects buffers below VMM_RESERVED_END, which includes the boot

@@ -14,25 +14,22 @@ _Noreturn void vmm_serve(vmm_handler handler)
         vmm_exit(1);
     }
 
-    for (;;) {
-        int64_t len = vmm_wait(request, VMM_MSG_MAX, 0);
+    /* Each pass sends the previous reply and receives the next request in
+     * one hypercall; the first pass has no reply to send. */
+    int64_t reply_len = 0;
 
-        /* With a VMM_MSG_MAX buffer and no deadline, wait has no error to
-         * retry: a message that does not fit stays queued and would fail
-         * again. */
+    for (;;) {
+        int64_t len = vmm_reply_wait(reply, (size_t)reply_len, request, VMM_MSG_MAX, 0);
+
+        /* With a VMM_MSG_MAX buffer and no deadline, the only errors come
+         * from bad buffers, which retrying cannot fix. */
         if (len < 0) {
-            vmm_printf("vmm_serve: wait failed with error %lld\n", (long long)len);
+            vmm_printf("vmm_serve: reply and wait failed with error %lld\n", (long long)len);
             vmm_exit(1);
         }
 
-        int64_t reply_len = handler(request, (size_t)len, reply, VMM_MSG_MAX);
-
+        reply_len = handler(request, (size_t)len, reply, VMM_MSG_MAX);
         if (reply_len < 0 || reply_len > (int64_t)VMM_MSG_MAX)
             reply_len = 0;
-
-        int64_t ret = vmm_reply(reply, (size_t)reply_len);
-
-        if (ret < 0)
-            vmm_printf("vmm_serve: reply failed with error %lld\n", (long long)ret);
     }
 }
