@@ -29,7 +29,11 @@ export type NativeEvent =
   | { type: 'console'; vm: number; data: Buffer }
   | { type: 'reply'; vm: number; call: number; data: Buffer }
   | { type: 'callFailed'; vm: number; call: number; error: NativeErrorFields }
-  | { type: 'exit'; vm: number; exit: NativeExit };
+  | { type: 'exit'; vm: number; exit: NativeExit }
+  | { type: 'snapshot'; vm: number; request: number; snapshot: NativeSnapshot }
+  | { type: 'snapshotFailed'; vm: number; request: number; error: NativeErrorFields }
+  | { type: 'prewarmed'; vm: number; request: number }
+  | { type: 'prewarmFailed'; vm: number; request: number; error: NativeErrorFields };
 
 export type NativeVMState = 'created' | 'starting' | 'running' | 'waiting' | 'exited' | 'destroyed';
 
@@ -54,8 +58,31 @@ export interface NativeImage {
   layoutBytes(): number;
 }
 
+export interface NativeSnapshot {
+  readonly ramSize: number;
+  readonly memoryBytes: number;
+  readonly diffBytes: number;
+  readonly hasParent: boolean;
+  hash(): string;
+}
+
+export interface NativeEngineStats {
+  vms: number;
+  created: number;
+  running: number;
+  waiting: number;
+  exited: number;
+  pooledContexts: number;
+  privateBytes: number;
+  sharedBytes: number;
+}
+
 export interface NativeEngine {
   create(image: NativeImage, ramSize: number, cmdline: string): number;
+  createClone(snapshot: NativeSnapshot): number;
+  snapshot(vm: number, request: number): void;
+  engineStats(): NativeEngineStats;
+  prewarm(snapshot: NativeSnapshot, count: number, request: number): void;
   start(vm: number): void;
   call(vm: number, call: number, payload: Uint8Array): void;
   kill(vm: number): void;
@@ -79,6 +106,7 @@ export interface NativeConstants {
 
 interface NativeModule {
   NativeImage: new (bytes: Uint8Array) => NativeImage;
+  NativeSnapshot: abstract new () => NativeSnapshot;
   NativeEngine: new (
     options: { workers: number; sliceMs: number },
     onEvents: (events: NativeEvent[]) => void,

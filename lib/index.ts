@@ -1,10 +1,12 @@
 export { VMM } from './vmm';
 export { VM } from './vm';
-export type { VMExit, VMState, VMStats, VMEvents } from './vm';
+export type { VMExit, VMState, VMStats, VMEvents, VMMemoryStats } from './vm';
+export { Snapshot } from './snapshot';
+export type { VMMStats } from './vmm';
 export { Image } from './image';
 export { VMMError } from './errors';
 export type { VMMErrorCode } from './errors';
-export type { VMMOptions, CreateVMOptions } from './options';
+export type { VMMOptions, CreateVMOptions, CreateFromImageOptions, CreateFromSnapshotOptions } from './options';
 export { parseSize } from './options';
 export { bundledGuest, listGuests, guestDir } from './guests';
 export { runFleet } from './fleet';

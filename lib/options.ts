@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import { native } from './binding';
 import { invalidType, outOfRange } from './errors';
 import type { Image } from './image';
+import type { Snapshot } from './snapshot';
 
 const MiB = 1024 * 1024;
 
@@ -14,8 +15,20 @@ export interface VMMOptions {
   sliceMs?: number;
 }
 
-/** Options of {@link VMM.createVM}. */
-export interface CreateVMOptions {
+/**
+ * Options of {@link VMM.createVM}: `image` to boot an image, or `snapshot`
+ * to clone a snapshot (whose memory size and command line it keeps).
+ */
+export type CreateVMOptions = CreateFromImageOptions | CreateFromSnapshotOptions;
+
+/** Options of a clone: the snapshot fixes memory and command line. */
+export interface CreateFromSnapshotOptions {
+  /** Snapshot returned by {@link VM.snapshot} or {@link VMM.loadSnapshot}. */
+  snapshot: Snapshot;
+}
+
+/** Options of a VM booted from an image. */
+export interface CreateFromImageOptions {
   /** Image returned by {@link VMM.loadImage}. */
   image: Image;
   /**
@@ -32,11 +45,7 @@ export interface ResolvedVMMOptions {
   sliceMs: number;
 }
 
-export interface ResolvedCreateVMOptions {
-  image: Image;
-  memory: number;
-  cmdline: string;
-}
+export type ResolvedCreateVMOptions = { image: Image; memory: number; cmdline: string } | { snapshot: Snapshot };
 
 const SIZE_UNITS: Record<string, number> = {
   '': 1,
@@ -103,11 +112,27 @@ export function resolveVMMOptions(options: unknown): ResolvedVMMOptions {
 }
 
 /** Validates {@link CreateVMOptions} and fills in the defaults. */
-export function resolveCreateVMOptions(options: unknown, isImage: (value: unknown) => value is Image): ResolvedCreateVMOptions {
+export function resolveCreateVMOptions(
+  options: unknown,
+  isImage: (value: unknown) => value is Image,
+  isSnapshot: (value: unknown) => value is Snapshot,
+): ResolvedCreateVMOptions {
   if (options === null || typeof options !== 'object') {
     throw invalidType('options', 'an object', options);
   }
-  const input = options as CreateVMOptions;
+  if ('snapshot' in options) {
+    const clone = options as CreateFromSnapshotOptions & Partial<CreateFromImageOptions>;
+    if (!isSnapshot(clone.snapshot)) {
+      throw invalidType('snapshot', 'a Snapshot returned by vm.snapshot() or vmm.loadSnapshot()', clone.snapshot);
+    }
+    for (const key of ['image', 'memory', 'cmdline'] as const) {
+      if (clone[key] !== undefined) {
+        throw invalidType(key, 'undefined for a clone, which keeps the snapshot\'s value', clone[key]);
+      }
+    }
+    return { snapshot: clone.snapshot };
+  }
+  const input = options as CreateFromImageOptions;
   if (!isImage(input.image)) {
     throw invalidType('image', 'an Image returned by vmm.loadImage()', input.image);
   }

@@ -3,6 +3,7 @@ import { TextDecoder } from 'node:util';
 
 import type { NativeEngine, NativeExit, NativeVMState } from './binding';
 import { VMMError, invalidType, outOfRange } from './errors';
+import { Snapshot } from './snapshot';
 
 /** Lifecycle state of a VM. `running` includes waiting for a free worker. */
 export type VMState = NativeVMState;
@@ -46,6 +47,14 @@ export interface VMStats {
   memoryBytes: number;
 }
 
+/** Guest memory a VM holds on the host, from {@link VM.memoryStats}. */
+export interface VMMemoryStats {
+  /** Resident pages only this VM holds (pages it wrote), in bytes. */
+  privateBytes: number;
+  /** Resident pages shared with its image or snapshot, in bytes. */
+  sharedBytes: number;
+}
+
 /** Events of {@link VM}. */
 export interface VMEvents {
   /** Console text written by the guest, decoded as UTF-8. */
@@ -63,11 +72,14 @@ interface PendingCall {
 export interface VMHost {
   engine(): NativeEngine;
   nextCallId(): number;
+  /** Resolves snapshot request `id` from the engine's events. */
+  registerSnapshot(id: number, waiter: { resolve(snapshot: Snapshot): void; reject(err: Error): void }): void;
   setAlive(vm: VM, alive: boolean): void;
   /**
-   * Keeps the VM reachable while it has a pending start, call or wait: a
-   * caller that awaits `vm.call()` may hold no other reference to it, and
-   * collecting it would destroy the VM under the pending Promise.
+   * Keeps the VM reachable from its VMM while it runs (started, not ended)
+   * or has a pending Promise. Like a child process, a started VM goes on
+   * until it exits or is destroyed, whether or not the caller keeps a
+   * reference; collecting it would drop its events and pending calls.
    */
   hold(vm: VM, held: boolean): void;
   /** Destroys the native VM; does nothing once the VMM is closed. */
@@ -100,6 +112,8 @@ export class VM extends EventEmitter<VMEvents> {
   #exitWaiters: Array<(exit: VMExit) => void> = [];
   #startWaiter: { resolve(): void; reject(err: Error): void } | undefined;
   #destroyed = false;
+  #snapshots = 0;
+  #started = false;
 
   /** @internal */
   constructor(id: number, host: VMHost) {
@@ -138,6 +152,7 @@ export class VM extends EventEmitter<VMEvents> {
         return;
       }
       this.#startWaiter = { resolve, reject };
+      this.#started = true;
       this.#host.setAlive(this, true);
       this.#updateHold();
     });
@@ -179,6 +194,60 @@ export class VM extends EventEmitter<VMEvents> {
       this.#pending.set(callId, { resolve, reject });
       this.#updateHold();
     });
+  }
+
+  /**
+   * Captures the VM's memory and vCPU state. The usual moment is while the
+   * guest waits for a message; a running VM is paused for the capture and
+   * continues after it.
+   *
+   * @returns the snapshot, ready for `vmm.createVM({ snapshot })`
+   * @throws VMMError `ERR_VM_NOT_STARTED`, `ERR_VM_EXITED`, `ERR_VM_DESTROYED`,
+   *   `ERR_KVM_STATE` when KVM cannot save a part of the vCPU state
+   * @example
+   * ```ts
+   * await vm.call('warm up');
+   * const snapshot = await vm.snapshot();
+   * const clone = vmm.createVM({ snapshot });
+   * ```
+   */
+  snapshot(): Promise<Snapshot> {
+    if (this.#destroyed) return Promise.reject(this.#destroyedError());
+    if (this.#exit) return Promise.reject(this.#exitedError());
+    const request = this.#host.nextCallId();
+    return new Promise((resolve, reject) => {
+      try {
+        this.#host.engine().snapshot(this.id, request);
+      } catch (err) {
+        reject(VMMError.fromNative(err));
+        return;
+      }
+      this.#snapshots++;
+      this.#updateHold();
+      this.#host.registerSnapshot(request, {
+        resolve: (snapshot) => {
+          this.#snapshots--;
+          this.#updateHold();
+          resolve(snapshot);
+        },
+        reject: (err) => {
+          this.#snapshots--;
+          this.#updateHold();
+          reject(err);
+        },
+      });
+    });
+  }
+
+  /**
+   * Reads how much guest memory the VM holds on the host, split into pages
+   * only it holds and pages shared with its image or snapshot.
+   *
+   * @throws VMMError `ERR_VM_DESTROYED`
+   */
+  memoryStats(): VMMemoryStats {
+    const { privateBytes, sharedBytes } = this.stats();
+    return { privateBytes, sharedBytes };
   }
 
   /**
@@ -285,6 +354,10 @@ export class VM extends EventEmitter<VMEvents> {
         call?.reject(VMMError.fromNative(event.error));
         break;
       }
+      case 'snapshot':
+      case 'snapshotFailed':
+        // Routed by the VMM to the waiter registered for the request.
+        break;
       case 'exit': {
         const exit: VMExit = { code: event.exit.code, reason: event.exit.reason, detail: event.exit };
         this.#exit = exit;
@@ -302,7 +375,13 @@ export class VM extends EventEmitter<VMEvents> {
   }
 
   #updateHold(): void {
-    const held = this.#pending.size > 0 || this.#startWaiter !== undefined || this.#exitWaiters.length > 0;
+    const running = this.#started && this.#exit === undefined;
+    const held =
+      running ||
+      this.#pending.size > 0 ||
+      this.#startWaiter !== undefined ||
+      this.#exitWaiters.length > 0 ||
+      this.#snapshots > 0;
     this.#host.hold(this, held && !this.#destroyed);
   }
 

@@ -3,12 +3,31 @@ import createDebug from 'debug';
 
 import { native } from './binding';
 import type { NativeEngine, NativeEvent } from './binding';
-import { VMMError, invalidType } from './errors';
+import { VMMError, invalidType, outOfRange } from './errors';
 import { Image } from './image';
 import { resolveCreateVMOptions, resolveVMMOptions } from './options';
 import type { CreateVMOptions, ResolvedVMMOptions, VMMOptions } from './options';
+import { Snapshot } from './snapshot';
 import { VM } from './vm';
 import type { VMHost } from './vm';
+
+/** Totals of one VMM, from {@link VMM.stats}. */
+export interface VMMStats {
+  /** VMs created and not destroyed. */
+  vms: number;
+  created: number;
+  /** Running or queued for a worker. */
+  running: number;
+  /** Blocked in a wait hypercall; they hold no thread. */
+  waiting: number;
+  exited: number;
+  /** KVM contexts kept for reuse by the next VM that starts. */
+  pooledContexts: number;
+  /** Resident guest pages only one VM holds, summed over the VMs. */
+  privateBytes: number;
+  /** Resident guest pages shared with images and snapshots, summed over the VMs. */
+  sharedBytes: number;
+}
 
 const log = createDebug('vmm');
 const logEngine = createDebug('vmm:engine');
@@ -20,7 +39,10 @@ const logImage = createDebug('vmm:image');
  *
  * The VMM keeps Node's event loop alive while one of its VMs has started
  * and not ended, the way a listening server does; {@link VMM.close} or
- * destroying the VMs lets the process exit.
+ * destroying the VMs lets the process exit. A started VM also stays alive
+ * without a reference from the caller, like a child process, until it exits
+ * or is destroyed. A VM that was never started or has exited is freed by
+ * garbage collection, native record included.
  *
  * @example
  * ```ts
@@ -41,6 +63,8 @@ export class VMM {
   readonly #vms = new Map<number, WeakRef<VM>>();
   readonly #alive = new Set<number>();
   readonly #held = new Map<number, VM>();
+  readonly #snapshotWaiters = new Map<number, { resolve(snapshot: Snapshot): void; reject(err: Error): void }>();
+  readonly #prewarmWaiters = new Map<number, { resolve(): void; reject(err: Error): void }>();
   readonly #finalizer: FinalizationRegistry<number>;
   readonly #host: VMHost;
   #nextCall = 1;
@@ -60,8 +84,9 @@ export class VMM {
     } catch (err) {
       throw VMMError.fromNative(err);
     }
-    // A VM object collected without destroy() still releases its KVM
-    // context, memory and descriptors.
+    // A VM object collected without destroy() (never started, or exited:
+    // running VMs are held) frees its native record; its KVM context and
+    // memory went back when it exited.
     this.#finalizer = new FinalizationRegistry((id) => {
       log('VM %d collected without destroy()', id);
       this.#vms.delete(id);
@@ -71,6 +96,7 @@ export class VMM {
     this.#host = {
       engine: () => this.#requireEngine(),
       nextCallId: () => this.#nextCall++,
+      registerSnapshot: (id, waiter) => this.#snapshotWaiters.set(id, waiter),
       setAlive: (vm, alive) => this.#setAliveId(vm.id, alive),
       hold: (vm, held) => {
         if (held) this.#held.set(vm.id, vm);
@@ -136,21 +162,31 @@ export class VMM {
   }
 
   /**
-   * Creates a VM. Nothing touches KVM until {@link VM.start}.
+   * Creates a VM from an image, or a clone from a snapshot. Nothing touches
+   * KVM until {@link VM.start}. A clone continues exactly where the
+   * snapshotted VM stood, with a new VM id and random seed.
    *
    * @throws TypeError or RangeError naming the invalid option
    * @throws VMMError `ERR_VMM_CLOSED`
    * @example
    * ```ts
    * const vm = vmm.createVM({ image, memory: '32M', cmdline: 'verbose' });
+   * const clone = vmm.createVM({ snapshot: await vm.snapshot() });
    * ```
    */
   createVM(options: CreateVMOptions): VM {
-    const resolved = resolveCreateVMOptions(options, (value): value is Image => value instanceof Image);
+    const resolved = resolveCreateVMOptions(
+      options,
+      (value): value is Image => value instanceof Image,
+      (value): value is Snapshot => value instanceof Snapshot,
+    );
     const engine = this.#requireEngine();
     let id: number;
     try {
-      id = engine.create(resolved.image.native, resolved.memory, resolved.cmdline);
+      id =
+        'snapshot' in resolved
+          ? engine.createClone(resolved.snapshot.native)
+          : engine.create(resolved.image.native, resolved.memory, resolved.cmdline);
     } catch (err) {
       throw VMMError.fromNative(err);
     }
@@ -158,6 +194,56 @@ export class VMM {
     this.#vms.set(id, new WeakRef(vm));
     this.#finalizer.register(vm, id, vm);
     return vm;
+  }
+
+  /**
+   * Builds KVM contexts ready for clones of `snapshot` and keeps them in the
+   * pool, so that the next `count` clones start without creating a KVM VM
+   * (about 1 ms each). The work runs on the worker threads between VMs.
+   *
+   * @param count - contexts to build, 0 to 100,000
+   * @returns a Promise that resolves when all are pooled
+   * @throws TypeError or RangeError for bad arguments; rejects with VMMError
+   *   `ERR_KVM_CREATE`, `ERR_RESOURCE_LIMIT` or `ERR_OUT_OF_MEMORY`
+   * @example
+   * ```ts
+   * await vmm.prewarm(snapshot, 100);
+   * const clone = vmm.createVM({ snapshot }); // starts in a pooled context
+   * ```
+   */
+  prewarm(snapshot: Snapshot, count: number): Promise<void> {
+    if (!(snapshot instanceof Snapshot)) {
+      return Promise.reject(invalidType('snapshot', 'a Snapshot', snapshot));
+    }
+    if (typeof count !== 'number') return Promise.reject(invalidType('count', 'a number', count));
+    if (!Number.isInteger(count) || count < 0 || count > 100000) {
+      return Promise.reject(outOfRange('count', 'an integer from 0 to 100000', count));
+    }
+    let engine: NativeEngine;
+    try {
+      engine = this.#requireEngine();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const request = this.#nextCall++;
+    return new Promise((resolve, reject) => {
+      this.#prewarmWaiters.set(request, { resolve, reject });
+      try {
+        engine.prewarm(snapshot.native, count, request);
+      } catch (err) {
+        this.#prewarmWaiters.delete(request);
+        reject(VMMError.fromNative(err));
+      }
+    });
+  }
+
+  /**
+   * Counts VMs per state and totals the guest memory they hold.
+   *
+   * @throws VMMError `ERR_VMM_CLOSED`
+   */
+  stats(): VMMStats {
+    return this.#requireEngine().engineStats();
   }
 
   /**
@@ -170,6 +256,11 @@ export class VMM {
     this.#vms.clear();
     this.#alive.clear();
     this.#held.clear();
+    const closedError = new VMMError('ERR_VMM_CLOSED', 'the VMM was closed before the snapshot finished');
+    for (const waiter of this.#snapshotWaiters.values()) waiter.reject(closedError);
+    this.#snapshotWaiters.clear();
+    for (const waiter of this.#prewarmWaiters.values()) waiter.reject(closedError);
+    this.#prewarmWaiters.clear();
     this.#engine = undefined;
     engine.shutdown();
     log('closed');
@@ -196,6 +287,20 @@ export class VMM {
         logEngine('VM %d exit: %s', event.vm, event.exit.message);
       } else if (event.type === 'startFailed') {
         logEngine('VM %d start failed: %s', event.vm, event.error.message);
+      }
+      if (event.type === 'prewarmed' || event.type === 'prewarmFailed') {
+        const waiter = this.#prewarmWaiters.get(event.request);
+        this.#prewarmWaiters.delete(event.request);
+        if (event.type === 'prewarmed') waiter?.resolve();
+        else waiter?.reject(VMMError.fromNative(event.error));
+        continue;
+      }
+      if (event.type === 'snapshot' || event.type === 'snapshotFailed') {
+        const waiter = this.#snapshotWaiters.get(event.request);
+        this.#snapshotWaiters.delete(event.request);
+        if (event.type === 'snapshot') waiter?.resolve(new Snapshot(event.snapshot));
+        else waiter?.reject(VMMError.fromNative(event.error));
+        continue;
       }
       const vm = this.#vms.get(event.vm)?.deref();
       if (!vm) continue;

@@ -6,6 +6,7 @@
 #include "addon/engine_wrap.h"
 #include "addon/errors.h"
 #include "addon/image_wrap.h"
+#include "addon/snapshot_wrap.h"
 #include "addon/testing.h"
 #include "vmm_abi.h"
 
@@ -70,6 +71,9 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
     Napi::Function engine = EngineWrap::define(env);
     data->image_class = Napi::Persistent(image);
     data->engine_class = Napi::Persistent(engine);
+    Napi::Function snapshot = SnapshotWrap::define(env);
+    data->snapshot_class = Napi::Persistent(snapshot);
+    exports.Set("NativeSnapshot", snapshot);
     exports.Set("NativeImage", image);
     exports.Set("NativeEngine", engine);
     exports.Set("probe", Napi::Function::New(env, probe));

@@ -12,6 +12,7 @@ namespace vmm::addon {
 struct AddonData {
     Napi::FunctionReference image_class;
     Napi::FunctionReference engine_class;
+    Napi::FunctionReference snapshot_class;
 };
 
 // Returns the process-wide /dev/kvm handle, opening it on first use.

@@ -6,6 +6,7 @@
 #include "addon/addon.h"
 #include "addon/errors.h"
 #include "addon/image_wrap.h"
+#include "addon/snapshot_wrap.h"
 #include "vmm_abi.h"
 
 namespace vmm::addon {
@@ -20,6 +21,10 @@ const char *event_type_name(EventType type) {
     case EventType::kReply: return "reply";
     case EventType::kCallFailed: return "callFailed";
     case EventType::kExit: return "exit";
+    case EventType::kSnapshot: return "snapshot";
+    case EventType::kSnapshotFailed: return "snapshotFailed";
+    case EventType::kPrewarmed: return "prewarmed";
+    case EventType::kPrewarmFailed: return "prewarmFailed";
     }
     return "unknown";
 }
@@ -93,6 +98,21 @@ void deliver(Napi::Env env, Napi::Function callback, const std::shared_ptr<Engin
         case EventType::kExit:
             out.Set("exit", exit_to_js(env, *event.exit));
             break;
+        case EventType::kSnapshot:
+            out.Set("request", static_cast<double>(event.call_id));
+            out.Set("snapshot", SnapshotWrap::wrap(env, event.snapshot));
+            break;
+        case EventType::kSnapshotFailed:
+            out.Set("request", static_cast<double>(event.call_id));
+            out.Set("error", to_js_error_object(env, event.error));
+            break;
+        case EventType::kPrewarmed:
+            out.Set("request", static_cast<double>(event.call_id));
+            break;
+        case EventType::kPrewarmFailed:
+            out.Set("request", static_cast<double>(event.call_id));
+            out.Set("error", to_js_error_object(env, event.error));
+            break;
         case EventType::kStarted:
             break;
         }
@@ -121,6 +141,10 @@ Napi::Function EngineWrap::define(Napi::Env env) {
     return DefineClass(env, "NativeEngine",
                        {
                            InstanceMethod<&EngineWrap::create>("create"),
+                           InstanceMethod<&EngineWrap::create_clone>("createClone"),
+                           InstanceMethod<&EngineWrap::snapshot>("snapshot"),
+                           InstanceMethod<&EngineWrap::engine_stats>("engineStats"),
+                           InstanceMethod<&EngineWrap::prewarm>("prewarm"),
                            InstanceMethod<&EngineWrap::start>("start"),
                            InstanceMethod<&EngineWrap::call>("call"),
                            InstanceMethod<&EngineWrap::kill>("kill"),
@@ -194,10 +218,15 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Engine
     });
     *weak = engine_;
 
-    env.AddCleanupHook([this]() { close(); });
+    cleanup_ = env.AddCleanupHook(&EngineWrap::cleanup_hook, this);
 }
 
-EngineWrap::~EngineWrap() { close(); }
+EngineWrap::~EngineWrap() {
+    if (!cleanup_.IsEmpty()) {
+        cleanup_.Remove(Env());
+    }
+    close();
+}
 
 void EngineWrap::close() {
     if (closed_) {
@@ -245,6 +274,67 @@ Napi::Value EngineWrap::create(const Napi::CallbackInfo &info) {
     }
     uint64_t id = engine_->create(image->image(), ram_size, std::move(cmdline));
     return Napi::Number::New(env, static_cast<double>(id));
+}
+
+Napi::Value EngineWrap::create_clone(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    SnapshotWrap *snapshot = info.Length() > 0 ? SnapshotWrap::unwrap(env, info[0]) : nullptr;
+    if (snapshot == nullptr) {
+        if (!env.IsExceptionPending()) {
+            Napi::TypeError::New(env, "expected a NativeSnapshot").ThrowAsJavaScriptException();
+        }
+        return env.Undefined();
+    }
+    if (closed_) {
+        to_js_error(env, Status::failure("ERR_VMM_CLOSED", "the VMM is closed"))
+            .ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    uint64_t id = engine_->create_clone(snapshot->snapshot());
+    return Napi::Number::New(env, static_cast<double>(id));
+}
+
+Napi::Value EngineWrap::snapshot(const Napi::CallbackInfo &info) {
+    uint64_t id;
+    uint64_t request;
+    if (!get_id(info, 0, &id) || !get_id(info, 1, &request)) {
+        return info.Env().Undefined();
+    }
+    Status status = engine_->snapshot(id, request);
+    if (!status.ok()) {
+        to_js_error(info.Env(), status).ThrowAsJavaScriptException();
+    }
+    return info.Env().Undefined();
+}
+
+Napi::Value EngineWrap::prewarm(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    SnapshotWrap *snapshot = info.Length() > 0 ? SnapshotWrap::unwrap(env, info[0]) : nullptr;
+    uint64_t count;
+    uint64_t request;
+    if (snapshot == nullptr || !get_id(info, 1, &count) || !get_id(info, 2, &request)) {
+        return env.Undefined();
+    }
+    Status status = engine_->prewarm(snapshot->snapshot(), count, request);
+    if (!status.ok()) {
+        to_js_error(env, status).ThrowAsJavaScriptException();
+    }
+    return env.Undefined();
+}
+
+Napi::Value EngineWrap::engine_stats(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    EngineStats stats = engine_->engine_stats();
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("vms", static_cast<double>(stats.vms));
+    out.Set("created", static_cast<double>(stats.created));
+    out.Set("running", static_cast<double>(stats.running));
+    out.Set("waiting", static_cast<double>(stats.waiting));
+    out.Set("exited", static_cast<double>(stats.exited));
+    out.Set("pooledContexts", static_cast<double>(stats.pooled_contexts));
+    out.Set("privateBytes", static_cast<double>(stats.private_bytes));
+    out.Set("sharedBytes", static_cast<double>(stats.shared_bytes));
+    return out;
 }
 
 Napi::Value EngineWrap::start(const Napi::CallbackInfo &info) {

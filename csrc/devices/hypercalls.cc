@@ -19,11 +19,11 @@ uint64_t clock_ns(clockid_t clock) {
     return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-int64_t do_random(const GuestMemory &memory, uint64_t buf, uint64_t len) {
+int64_t do_random(GuestMemory &memory, uint64_t buf, uint64_t len) {
     if (len > VMM_RANDOM_MAX) {
         return -VMM_EINVAL;
     }
-    uint8_t *dst = memory.user_range(buf, len);
+    uint8_t *dst = memory.writable_range(buf, len);
     if (dst == nullptr) {
         return -VMM_EFAULT;
     }
@@ -39,19 +39,19 @@ int64_t do_random(const GuestMemory &memory, uint64_t buf, uint64_t len) {
         }
         filled += static_cast<size_t>(n);
     }
-    // dst covers [buf, buf + len), checked by user_range above.
+    // dst covers [buf, buf + len), checked by writable_range above.
     std::memcpy(dst, bytes, len);
     return static_cast<int64_t>(len);
 }
 
 }  // namespace
 
-bool write_hypercall_ret(const GuestMemory &memory, uint64_t block_gpa, int64_t ret) {
+bool write_hypercall_ret(GuestMemory &memory, uint64_t block_gpa, int64_t ret) {
     uint64_t gpa;
     if (__builtin_add_overflow(block_gpa, offsetof(vmm_hypercall, ret), &gpa)) {
         return false;
     }
-    uint8_t *dst = memory.user_range(gpa, sizeof(ret));
+    uint8_t *dst = memory.writable_range(gpa, sizeof(ret));
     if (dst == nullptr) {
         return false;
     }
@@ -61,7 +61,7 @@ bool write_hypercall_ret(const GuestMemory &memory, uint64_t block_gpa, int64_t 
 
 HypercallResult handle_hypercall(Machine &m, uint64_t block_gpa, HypercallHost &host) {
     HypercallResult result;
-    const GuestMemory &memory = *m.memory;
+    GuestMemory &memory = *m.memory;
     const uint8_t *src = memory.user_range(block_gpa, sizeof(vmm_hypercall));
     if (src == nullptr || block_gpa % 8 != 0) {
         result.outcome = HypercallOutcome::kFault;

@@ -41,6 +41,6 @@ public:
 HypercallResult handle_hypercall(Machine &m, uint64_t block_gpa, HypercallHost &host);
 
 // Writes `ret` into the block at `block_gpa`; false if the block is invalid.
-bool write_hypercall_ret(const GuestMemory &memory, uint64_t block_gpa, int64_t ret);
+bool write_hypercall_ret(GuestMemory &memory, uint64_t block_gpa, int64_t ret);
 
 }  // namespace vmm

@@ -1,7 +1,6 @@
 #include "engine/engine.h"
 
 #include <signal.h>
-#include <sys/random.h>
 
 #include <cerrno>
 #include <cstring>
@@ -33,16 +32,6 @@ void install_kick_handler() {
         action.sa_flags = 0;
         sigaction(kick_signal(), &action, nullptr);
     });
-}
-
-uint64_t random_u64() {
-    uint64_t value = 0;
-    while (getrandom(&value, sizeof(value), 0) != static_cast<ssize_t>(sizeof(value))) {
-        if (errno != EINTR) {
-            break;
-        }
-    }
-    return value;
 }
 
 }  // namespace
@@ -112,6 +101,7 @@ void Engine::shutdown() {
         std::lock_guard<std::mutex> lock(mutex_);
         machines.swap(machines_);
         run_queue_.clear();
+        jobs_.clear();
         while (!timers_.empty()) {
             timers_.pop();
         }
@@ -120,15 +110,84 @@ void Engine::shutdown() {
             entry.second->memory.reset();
             entry.second->state = VmState::kExited;
         }
+        pool_.clear();
     }
 }
 
 uint64_t Engine::create(std::shared_ptr<Image> image, uint64_t ram_size, std::string cmdline) {
     std::lock_guard<std::mutex> lock(mutex_);
     uint64_t id = next_id_++;
-    machines_.emplace(id, std::make_shared<Machine>(id, std::move(image), ram_size,
+    machines_.emplace(id, std::make_shared<Machine>(id, std::move(image), nullptr, ram_size,
                                                     std::move(cmdline)));
     return id;
+}
+
+uint64_t Engine::create_clone(std::shared_ptr<const Snapshot> snapshot) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    uint64_t id = next_id_++;
+    uint64_t ram_size = snapshot->ram_size();
+    machines_.emplace(id, std::make_shared<Machine>(id, nullptr, std::move(snapshot), ram_size,
+                                                    std::string()));
+    return id;
+}
+
+Status Engine::snapshot(uint64_t vm_id, uint64_t request_id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::shared_ptr<Machine> m = find_locked(vm_id);
+    if (!m) {
+        return Status::failure("ERR_VM_DESTROYED", format("VM %llu was destroyed",
+                                                          static_cast<unsigned long long>(vm_id)));
+    }
+    if (m->state == VmState::kCreated) {
+        return Status::failure("ERR_VM_NOT_STARTED",
+                               format("VM %llu is not started: call start() first",
+                                      static_cast<unsigned long long>(vm_id)));
+    }
+    if (m->state == VmState::kExited) {
+        return Status::failure("ERR_VM_EXITED", format("VM %llu has exited",
+                                                       static_cast<unsigned long long>(vm_id)));
+    }
+    m->snapshot_requests.push_back(request_id);
+    switch (m->state) {
+    case VmState::kWaiting:
+        // A worker takes the capture and parks the VM again.
+        make_runnable_locked(m);
+        break;
+    case VmState::kRunning:
+        m->pause_requested.store(true, std::memory_order_release);
+        kick_locked(*m);
+        break;
+    default:
+        // Queued: the worker that runs it next captures first.
+        break;
+    }
+    return Status::success();
+}
+
+EngineStats Engine::engine_stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    EngineStats out;
+    out.vms = machines_.size();
+    out.pooled_contexts = pool_.size();
+    for (auto &entry : machines_) {
+        Machine &m = *entry.second;
+        switch (m.state) {
+        case VmState::kCreated: out.created++; break;
+        case VmState::kStarting:
+        case VmState::kRunnable:
+        case VmState::kRunning: out.running++; break;
+        case VmState::kWaiting: out.waiting++; break;
+        case VmState::kExited: out.exited++; break;
+        }
+        if (m.memory) {
+            uint64_t private_bytes = 0;
+            uint64_t shared_bytes = 0;
+            m.memory->resident_bytes(&private_bytes, &shared_bytes);
+            out.private_bytes += private_bytes;
+            out.shared_bytes += shared_bytes;
+        }
+    }
+    return out;
 }
 
 std::shared_ptr<Machine> Engine::find_locked(uint64_t vm_id) {
@@ -313,14 +372,17 @@ void Engine::fire_timers_locked(uint64_t now_ns) {
 }
 
 bool Engine::complete_wait_locked(Machine &m) {
-    const GuestMemory &memory = *m.memory;
+    GuestMemory &memory = *m.memory;
     const uint64_t buf = m.wait_buf;
     const uint64_t cap = m.wait_cap;
     const uint64_t deadline = m.wait_deadline;
     int64_t ret;
     if (!m.inbox.empty()) {
         Message &msg = m.inbox.front();
-        uint8_t *dst = memory.user_range(buf, cap);
+        uint8_t *dst = memory.writable_range(buf, msg.data.size() < cap ? msg.data.size() : cap);
+        if (memory.user_range(buf, cap) == nullptr) {
+            dst = nullptr;
+        }
         if (dst == nullptr) {
             ret = -VMM_EFAULT;
         } else if (msg.data.size() > cap) {
@@ -369,6 +431,14 @@ void Engine::worker_main(unsigned index) {
             lock.lock();
             continue;
         }
+        if (run_queue_.empty() && !jobs_.empty()) {
+            std::function<void()> job = std::move(jobs_.front());
+            jobs_.pop_front();
+            lock.unlock();
+            job();
+            lock.lock();
+            continue;
+        }
         if (run_queue_.empty()) {
             if (timers_.empty()) {
                 work_cv_.wait(lock);
@@ -403,120 +473,6 @@ void Engine::worker_main(unsigned index) {
         running_--;
         workers_[index].current.reset();
     }
-}
-
-Status Engine::boot_machine(Machine &m) {
-    const ImageLayout *layout = nullptr;
-    Status status = m.image->layout(m.ram_size, &layout);
-    if (!status.ok()) {
-        return status;
-    }
-    auto memory = std::make_unique<GuestMemory>();
-    status = memory->map(*layout, m.ram_size);
-    if (!status.ok()) {
-        return status;
-    }
-    uint8_t *info_page = memory->any_range(VMM_BOOT_INFO_ADDR, sizeof(vmm_boot_info));
-    if (info_page == nullptr) {
-        return Status::failure("ERR_OUT_OF_MEMORY", "guest RAM is too small for the boot page");
-    }
-    vmm_boot_info info{};
-    info.magic = VMM_BOOT_MAGIC;
-    info.abi_version = VMM_ABI_VERSION;
-    info.ram_size = m.ram_size;
-    info.vm_id = m.id;
-    info.random_seed = random_u64();
-    // The addon rejects longer command lines; this keeps the NUL regardless.
-    size_t len = m.cmdline.size() < VMM_CMDLINE_MAX ? m.cmdline.size() : VMM_CMDLINE_MAX - 1;
-    info.cmdline_len = static_cast<uint32_t>(len);
-    std::memcpy(info.cmdline, m.cmdline.data(), len);
-    std::memcpy(info_page, &info, sizeof(info));
-
-    std::unique_ptr<KvmContext> ctx;
-    status = KvmContext::create(*kvm_, &ctx);
-    if (!status.ok()) {
-        return status;
-    }
-    status = ctx->map_ram(memory->host(), m.ram_size);
-    if (!status.ok()) {
-        return status;
-    }
-    status = ctx->set_entry_state(m.image->entry(), m.ram_size);
-    if (!status.ok()) {
-        return status;
-    }
-    std::lock_guard<std::mutex> lock(mutex_);
-    m.memory = std::move(memory);
-    m.kvm = std::move(ctx);
-    // A kill that arrived during the boot found no context to kick; the
-    // kill_requested flag covers it, so set immediate_exit here as well.
-    if (m.kill_requested.load(std::memory_order_acquire)) {
-        m.kvm->request_exit();
-    }
-    return Status::success();
-}
-
-void Engine::run_machine(const std::shared_ptr<Machine> &m, bool boot) {
-    if (boot) {
-        Status status = boot_machine(*m);
-        if (!status.ok()) {
-            Event event;
-            event.type = EventType::kStartFailed;
-            event.vm_id = m->id;
-            event.error = status;
-            events_.push(std::move(event));
-            ExitInfo info;
-            info.reason = "crash";
-            info.code = -1;
-            info.message = "start failed: " + status.message;
-            finish(m, std::move(info));
-            return;
-        }
-        Event event;
-        event.type = EventType::kStarted;
-        event.vm_id = m->id;
-        events_.push(std::move(event));
-    } else {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (m->in_wait) {
-            complete_wait_locked(*m);
-        }
-    }
-    run_vcpu(m);
-}
-
-void Engine::finish(const std::shared_ptr<Machine> &m, ExitInfo info) {
-    std::unique_ptr<KvmContext> kvm;
-    std::unique_ptr<GuestMemory> memory;
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (m->state == VmState::kExited) {
-            return;
-        }
-        m->state = VmState::kExited;
-        m->worker = -1;
-        m->inbox.clear();
-        m->awaiting_reply = 0;
-        m->exit = std::make_shared<ExitInfo>(info);
-        kvm = std::move(m->kvm);
-        memory = std::move(m->memory);
-    }
-    {
-        std::lock_guard<std::mutex> lock(m->console.mutex);
-        if (!m->console.pending.empty() && !m->console.queued) {
-            m->console.queued = true;
-            Event event;
-            event.type = EventType::kConsole;
-            event.vm_id = m->id;
-            events_.push(std::move(event));
-        }
-    }
-    Event event;
-    event.type = EventType::kExit;
-    event.vm_id = m->id;
-    event.exit = std::make_shared<const ExitInfo>(std::move(info));
-    events_.push(std::move(event));
-    // kvm and memory are released here, outside the engine lock.
 }
 
 }  // namespace vmm

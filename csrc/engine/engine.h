@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <queue>
@@ -23,13 +24,22 @@
 #include "engine/events.h"
 #include "engine/machine.h"
 #include "kvm/system.h"
+#include "kvm/vcpu_state.h"
 
 namespace vmm {
 
 struct EngineOptions {
     unsigned workers = 2;
     uint64_t slice_ms = 10;  // time a guest may run while others are queued
-    uint64_t spin_us = 100;  // time an idle worker polls the queue before sleeping
+    uint64_t spin_us = 500;  // time an idle worker polls the queue before sleeping
+    unsigned pool_size = 32;  // KVM contexts kept for reuse after their VMs end
+};
+
+struct EngineStats {
+    uint64_t vms = 0;
+    uint64_t created = 0, running = 0, waiting = 0, exited = 0;
+    uint64_t pooled_contexts = 0;
+    uint64_t private_bytes = 0, shared_bytes = 0;
 };
 
 struct VmStats {
@@ -50,6 +60,25 @@ public:
 
     // Registers a VM; nothing touches KVM until start().
     uint64_t create(std::shared_ptr<Image> image, uint64_t ram_size, std::string cmdline);
+
+    // Registers a clone of `snapshot`. It starts where the snapshot's VM
+    // stood, with a new VM id and random seed.
+    uint64_t create_clone(std::shared_ptr<const Snapshot> snapshot);
+
+    // Captures the VM's memory and vCPU state; emits kSnapshot or
+    // kSnapshotFailed with `request_id`. A running VM is paused for the
+    // capture and continues after it.
+    // Codes: ERR_VM_DESTROYED, ERR_VM_NOT_STARTED, ERR_VM_EXITED.
+    Status snapshot(uint64_t vm_id, uint64_t request_id);
+
+    EngineStats engine_stats();
+
+    // Builds `count` KVM contexts ready for clones of `snapshot` (full vCPU
+    // state restored, its memory mapped) and pools them, so that those
+    // clones start without creating a KVM VM. Runs on the workers between
+    // VMs; emits kPrewarmed with `request_id` when done, or kPrewarmFailed.
+    // Pooled contexts above the pool size stay until a VM uses them.
+    Status prewarm(std::shared_ptr<const Snapshot> snapshot, uint64_t count, uint64_t request_id);
 
     // Queues the VM's first run. Emits kStarted or kStartFailed.
     // Codes: ERR_VM_DESTROYED, ERR_VM_ALREADY_STARTED, ERR_VMM_CLOSED.
@@ -88,6 +117,16 @@ private:
         pthread_t handle{};
         std::shared_ptr<Machine> current;  // guarded by mutex_
     };
+    struct PooledContext {
+        std::unique_ptr<KvmContext> kvm;
+        std::unique_ptr<GuestMemory> memory;
+        std::shared_ptr<const MemorySource> source;
+        // Snapshot whose full vCPU state was last set on this context, while
+        // its guests stayed in user mode since (no crash); a clone of the
+        // same snapshot then needs only restore_user_state().
+        std::shared_ptr<const Snapshot> restored_from;
+        VcpuState::UserStateMatch match;  // of the vCPU against restored_from
+    };
     struct Timer {
         uint64_t deadline_ns;
         uint64_t seq;
@@ -99,6 +138,20 @@ private:
     void watchdog_main();
     void run_machine(const std::shared_ptr<Machine> &m, bool boot);
     Status boot_machine(Machine &m);
+    // Takes a pooled context whose RAM has `ram_size` bytes, preferring one
+    // that already maps `source`, or builds a new one; the result maps
+    // `source` with no page of an earlier guest left.
+    Status acquire_context(uint64_t ram_size, const std::shared_ptr<const MemorySource> &source,
+                           PooledContext *out);
+    // Returns a finished VM's context to the pool, or frees it when the pool is full.
+    void release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
+                         std::unique_ptr<GuestMemory> memory, bool crashed);
+    Status collect_dirty(Machine &m);
+    void handle_snapshot_requests(const std::shared_ptr<Machine> &m);
+    // Emits the VM's kStarted event if it has not gone out yet.
+    void push_started_locked(Machine &m);
+    // Builds one pooled context for prewarm(); returns its status.
+    Status prewarm_one(const std::shared_ptr<const Snapshot> &snapshot);
     // Runs the vCPU until it waits, exits or is preempted.
     void run_vcpu(const std::shared_ptr<Machine> &m);
     void finish(const std::shared_ptr<Machine> &m, ExitInfo info);
@@ -131,6 +184,10 @@ private:
     std::vector<Worker> workers_;
     std::thread watchdog_;
     unsigned running_ = 0;
+    std::vector<PooledContext> pool_;    // guarded by mutex_
+    // Background work the workers run when no VM is queued; guarded by mutex_.
+    std::deque<std::function<void()>> jobs_;
+    std::unique_ptr<VcpuState> fresh_;   // state of a never-run vCPU, for reuse; guarded by mutex_
 };
 
 uint64_t monotonic_ns();

@@ -21,6 +21,10 @@ enum class EventType : uint8_t {
     kReply,        // reply to call `call_id`, bytes in `data`
     kCallFailed,   // call `call_id` failed; `error` says why
     kExit,         // the VM ended; `exit` says how
+    kSnapshot,     // snapshot request `call_id` finished; the result is in `snapshot`
+    kSnapshotFailed,  // snapshot request `call_id` failed; `error` says why
+    kPrewarmed,       // prewarm request `call_id` finished
+    kPrewarmFailed,   // prewarm request `call_id` failed; `error` says why
 };
 
 struct Event {
@@ -29,6 +33,7 @@ struct Event {
     uint64_t call_id = 0;
     std::vector<uint8_t> data;
     std::shared_ptr<const ExitInfo> exit;
+    std::shared_ptr<const Snapshot> snapshot;
     Status error;
 };
 

@@ -15,6 +15,7 @@
 #include "kvm/context.h"
 #include "memory/guest_memory.h"
 #include "memory/image.h"
+#include "memory/snapshot.h"
 
 namespace vmm {
 
@@ -73,11 +74,17 @@ struct MachineCounters {
 };
 
 struct Machine {
-    Machine(uint64_t id, std::shared_ptr<Image> image, uint64_t ram_size, std::string cmdline)
-        : id(id), image(std::move(image)), ram_size(ram_size), cmdline(std::move(cmdline)) {}
+    Machine(uint64_t id, std::shared_ptr<Image> image, std::shared_ptr<const Snapshot> snapshot,
+            uint64_t ram_size, std::string cmdline)
+        : id(id),
+          image(std::move(image)),
+          snapshot(std::move(snapshot)),
+          ram_size(ram_size),
+          cmdline(std::move(cmdline)) {}
 
     const uint64_t id;
-    const std::shared_ptr<Image> image;
+    const std::shared_ptr<Image> image;              // set for a VM booted from an image
+    const std::shared_ptr<const Snapshot> snapshot;  // set for a clone
     const uint64_t ram_size;
     const std::string cmdline;
 
@@ -96,6 +103,16 @@ struct Machine {
     uint64_t slice_start_ns = 0;
     std::unique_ptr<KvmContext> kvm;
     std::unique_ptr<GuestMemory> memory;
+    std::shared_ptr<const MemorySource> source;  // what `memory` maps, once booted
+    std::shared_ptr<const Snapshot> restored_from;  // see Engine::PooledContext
+    // Pages written since `source` was mapped, by the guest or the VMM,
+    // gathered by Engine::collect_dirty.
+    PageBitmap dirty;
+    // The vCPU stopped on a hypercall exit that KVM has not completed yet;
+    // KvmContext::complete_pending_io must run before its state is read.
+    bool io_pending = false;
+    bool started_pending = false;  // booted, kStarted not emitted yet
+    std::vector<uint64_t> snapshot_requests;  // request ids waiting for a capture
     std::shared_ptr<ExitInfo> exit;
 
     // Set from any thread, read by the worker after KVM_RUN returns. Release
@@ -103,6 +120,7 @@ struct Machine {
     // also sees the state written before it.
     std::atomic<bool> kill_requested{false};
     std::atomic<bool> preempt_requested{false};
+    std::atomic<bool> pause_requested{false};  // stop for a snapshot, then continue
 
     ConsoleBuffer console;
     MachineCounters counters;

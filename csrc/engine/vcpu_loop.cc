@@ -54,6 +54,11 @@ public:
             engine_.events_.push(std::move(event));
             m.awaiting_reply = 0;
         }
+        // A kill or snapshot request that arrived while this hypercall ran
+        // found the VM running; returning without parking lets the loop see it.
+        if (m.kill_requested.load(std::memory_order_acquire)) {
+            return HypercallOutcome::kResume;
+        }
         m.in_wait = true;
         m.wait_timed_out = false;
         m.wait_block = block_gpa;
@@ -71,6 +76,10 @@ public:
         }
         m.state = VmState::kWaiting;
         m.worker = -1;
+        m.io_pending = true;
+        if (!m.snapshot_requests.empty()) {
+            engine_.make_runnable_locked(machine_);
+        }
         return HypercallOutcome::kWait;
     }
 
@@ -182,6 +191,14 @@ void Engine::run_vcpu(const std::shared_ptr<Machine> &m) {
             finish(m, std::move(info));
             return;
         }
+        if (m->pause_requested.exchange(false, std::memory_order_acq_rel)) {
+            if (!m->kill_requested.load(std::memory_order_acquire) &&
+                !m->preempt_requested.load(std::memory_order_acquire)) {
+                kvm.clear_exit_request();
+            }
+            handle_snapshot_requests(m);
+            continue;
+        }
         if (m->preempt_requested.exchange(false, std::memory_order_acq_rel)) {
             kvm.clear_exit_request();
             std::lock_guard<std::mutex> lock(mutex_);
@@ -196,6 +213,10 @@ void Engine::run_vcpu(const std::shared_ptr<Machine> &m) {
 
         int err = kvm.run();
         m->counters.exits.fetch_add(1, std::memory_order_relaxed);
+        if (m->started_pending) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            push_started_locked(*m);
+        }
         if (err == EINTR || err == EAGAIN) {
             // A kick (kill or preemption) or a stray signal; the checks at
             // the top of the loop decide. immediate_exit stays set until a

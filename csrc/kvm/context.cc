@@ -50,6 +50,8 @@ Status KvmContext::create(const KvmSystem &sys, std::unique_ptr<KvmContext> *out
     }
     ctx->run_ = static_cast<kvm_run *>(run);
 
+    ctx->sync_regs_ = (ioctl(sys.fd(), KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS) &
+                       KVM_SYNC_X86_REGS) != 0;
     if (ioctl(ctx->vcpu_fd_, uapi::kSetCpuid2, sys.cpuid()) < 0) {
         return ioctl_error("KVM_SET_CPUID2", errno);
     }
@@ -79,6 +81,17 @@ Status KvmContext::map_ram(void *host, uint64_t size) {
     if (ioctl(vm_fd_, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
         return ioctl_error("KVM_SET_USER_MEMORY_REGION", errno);
     }
+    ram_size_ = size;
+    return Status::success();
+}
+
+Status KvmContext::complete_pending_io() {
+    request_exit();
+    int err = run();
+    clear_exit_request();
+    if (err != 0 && err != EINTR) {
+        return ioctl_error("KVM_RUN", err);
+    }
     return Status::success();
 }
 
@@ -101,6 +114,15 @@ int KvmContext::run() {
         return errno;
     }
     return 0;
+}
+
+Status KvmContext::set_regs_fast(const kvm_regs &regs) {
+    if (!sync_regs_) {
+        return set_regs(regs);
+    }
+    run_->s.regs.regs = regs;
+    run_->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
+    return Status::success();
 }
 
 Status KvmContext::get_regs(kvm_regs *regs) const {

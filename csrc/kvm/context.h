@@ -26,6 +26,15 @@ public:
     // Registers [host, host + size) as guest physical [0, size) in slot 0.
     Status map_ram(void *host, uint64_t size);
 
+    // Completes an MMIO or port I/O exit inside KVM without entering the
+    // guest (KVM_RUN with immediate_exit), so the registers read afterwards
+    // are past the instruction that exited. KVM's API documentation requires
+    // this before saving vCPU state after such an exit.
+    Status complete_pending_io();
+
+    int vcpu_fd() const { return vcpu_fd_; }
+    uint64_t ram_size() const { return ram_size_; }
+
     // Puts the vCPU in 64-bit user mode at `entry` (see x86_layout.h).
     Status set_entry_state(uint64_t entry, uint64_t ram_size);
 
@@ -45,6 +54,10 @@ public:
     Status get_regs(kvm_regs *regs) const;
     Status get_sregs(kvm_sregs *sregs) const;
     Status set_regs(const kvm_regs &regs);
+    // Sets the general registers through kvm_run's synced register area,
+    // applied by the next KVM_RUN without an ioctl of its own, where the
+    // host has KVM_CAP_SYNC_REGS; otherwise with KVM_SET_REGS.
+    Status set_regs_fast(const kvm_regs &regs);
 
 private:
     KvmContext() = default;
@@ -53,6 +66,8 @@ private:
     int vcpu_fd_ = -1;
     kvm_run *run_ = nullptr;
     size_t run_size_ = 0;
+    uint64_t ram_size_ = 0;
+    bool sync_regs_ = false;
 };
 
 }  // namespace vmm

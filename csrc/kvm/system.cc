@@ -86,6 +86,14 @@ Status KvmSystem::open(std::unique_ptr<KvmSystem> *out) {
     }
     sys->run_mmap_size_ = static_cast<size_t>(mmap_size);
     sys->max_memslots_ = ioctl(sys->fd_, KVM_CHECK_EXTENSION, KVM_CAP_NR_MEMSLOTS);
+    int xsave2 = ioctl(sys->fd_, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+    if (xsave2 > 4096) {
+        sys->xsave_size_ = static_cast<size_t>(xsave2);
+    }
+    Status status = sys->load_msr_list();
+    if (!status.ok()) {
+        return status;
+    }
 
     // KVM_GET_SUPPORTED_CPUID fails with E2BIG until the table is large enough.
     for (uint32_t entries = 64; entries <= 4096; entries *= 2) {
@@ -105,6 +113,34 @@ Status KvmSystem::open(std::unique_ptr<KvmSystem> *out) {
     }
     return Status::failure("ERR_KVM_CAPABILITY",
                            "KVM_GET_SUPPORTED_CPUID needs more than 4096 entries");
+}
+
+Status KvmSystem::load_msr_list() {
+    std::vector<uint8_t> buf(sizeof(uapi::MsrListHeader) + 1024 * sizeof(uint32_t));
+    auto *header = reinterpret_cast<uapi::MsrListHeader *>(buf.data());
+    header->nmsrs = 1024;
+    if (ioctl(fd_, uapi::kGetMsrIndexList, buf.data()) < 0) {
+        return Status::from_errno("ERR_KVM_CAPABILITY",
+                                  format("KVM_GET_MSR_INDEX_LIST failed: %s", std::strerror(errno)),
+                                  errno, "ioctl");
+    }
+    const auto *indices = reinterpret_cast<const uint32_t *>(buf.data() + sizeof(*header));
+    // IA32_TSC, SYSENTER_CS/ESP/EIP, STAR, LSTAR, CSTAR, SFMASK,
+    // KERNEL_GS_BASE, TSC_AUX, PAT. FS and GS base travel in the segment
+    // registers, EFER in the special registers. No TSC deadline: the engine
+    // creates no in-kernel local APIC.
+    const uint32_t wanted[] = {0x10,       0x174,      0x175,      0x176,
+                               0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084,
+                               0xC0000102, 0xC0000103, 0x277};
+    for (uint32_t msr : wanted) {
+        for (uint32_t i = 0; i < header->nmsrs && i < 1024; i++) {
+            if (indices[i] == msr) {
+                saved_msrs_.push_back(msr);
+                break;
+            }
+        }
+    }
+    return Status::success();
 }
 
 KvmSystem::~KvmSystem() {

@@ -28,12 +28,20 @@ public:
     // takes: a uapi::CpuidHeader followed by its entries.
     const void *cpuid() const { return cpuid_.data(); }
     int max_memslots() const { return max_memslots_; }
+    // Bytes of the KVM_GET_XSAVE2 area (KVM_CAP_XSAVE2, at least 4096).
+    size_t xsave_size() const { return xsave_size_; }
+    // MSRs a snapshot saves and restores: the ones a guest or its stubs can
+    // change that this host's KVM lists, IA32_TSC first.
+    const std::vector<uint32_t> &saved_msrs() const { return saved_msrs_; }
 
 private:
     KvmSystem() = default;
+    Status load_msr_list();
 
     int fd_ = -1;
     size_t run_mmap_size_ = 0;
+    size_t xsave_size_ = 4096;
+    std::vector<uint32_t> saved_msrs_;
     int max_memslots_ = 0;
     std::vector<unsigned char> cpuid_;
 };

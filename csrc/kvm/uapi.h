@@ -26,3 +26,32 @@ constexpr unsigned long kGetSupportedCpuid = _IOWR(KVMIO, 0x05, CpuidHeader);
 constexpr unsigned long kSetCpuid2 = _IOW(KVMIO, 0x90, CpuidHeader);
 
 }  // namespace vmm::uapi
+
+namespace vmm::uapi {
+
+// Header of struct kvm_msrs; kvm_msr_entry[nmsrs] follows it.
+struct MsrsHeader {
+    uint32_t nmsrs;
+    uint32_t pad;
+};
+static_assert(sizeof(MsrsHeader) == 8, "kvm_msrs header is 8 bytes");
+
+// Header of struct kvm_msr_list; uint32_t indices[nmsrs] follows it.
+struct MsrListHeader {
+    uint32_t nmsrs;
+};
+
+// struct kvm_xsave without its flexible tail: KVM_SET_XSAVE and
+// KVM_GET_XSAVE2 encode this 4096-byte size; KVM_GET_XSAVE2 may write up to
+// KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes.
+struct Xsave {
+    uint32_t region[1024];
+};
+
+constexpr unsigned long kGetMsrIndexList = _IOWR(KVMIO, 0x02, MsrListHeader);
+constexpr unsigned long kGetMsrs = _IOWR(KVMIO, 0x88, MsrsHeader);
+constexpr unsigned long kSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);
+constexpr unsigned long kGetXsave2 = _IOR(KVMIO, 0xcf, Xsave);
+constexpr unsigned long kSetXsave = _IOW(KVMIO, 0xa5, Xsave);
+
+}  // namespace vmm::uapi

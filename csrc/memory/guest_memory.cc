@@ -6,16 +6,14 @@
 
 #include <cerrno>
 #include <cstring>
-#include <vector>
 
-#include "memory/image.h"
 #include "vmm_abi.h"
 
 namespace vmm {
 
 GuestMemory::~GuestMemory() { unmap(); }
 
-Status GuestMemory::map(const ImageLayout &layout, uint64_t ram_size) {
+Status GuestMemory::map(const MemorySource &source, uint64_t ram_size) {
     unmap();
     // MAP_NORESERVE: guest RAM is committed page by page as the guest touches
     // it, so a 16 MiB VM that uses 40 KiB costs 40 KiB.
@@ -29,20 +27,63 @@ Status GuestMemory::map(const ImageLayout &layout, uint64_t ram_size) {
                                          std::strerror(err)),
                                   err, "mmap");
     }
-    // layout.size <= ram_size: the caller checked that the image fits.
-    void *image = mmap(base, layout.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
-                       layout.fd, 0);
-    if (image == MAP_FAILED) {
+    base_ = static_cast<uint8_t *>(base);
+    size_ = ram_size;
+    vmm_dirty_ = PageBitmap(ram_size / VMM_PAGE_SIZE);
+    Status status = map_source(source);
+    if (!status.ok()) {
+        unmap();
+    }
+    return status;
+}
+
+Status GuestMemory::remap(const MemorySource &source) {
+    // Fresh anonymous pages over the whole range first: whatever the last
+    // guest left above the source's extent must not reach the next one.
+    void *anon = mmap(base_, size_, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    if (anon == MAP_FAILED) {
         int err = errno;
-        munmap(base, ram_size);
         return Status::from_errno("ERR_OUT_OF_MEMORY",
-                                  format("mmap of the image layout failed: %s",
+                                  format("mmap of guest RAM failed: %s", std::strerror(err)), err,
+                                  "mmap");
+    }
+    vmm_dirty_.clear_all();
+    return map_source(source);
+}
+
+Status GuestMemory::map_source(const MemorySource &source) {
+    if (source.size == 0) {
+        return Status::success();
+    }
+    // source.size <= size_: the engine maps a source only into RAM of the
+    // size it was built for.
+    void *mapped = mmap(base_, source.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
+                        source.fd, static_cast<off_t>(source.offset));
+    if (mapped == MAP_FAILED) {
+        int err = errno;
+        return Status::from_errno("ERR_OUT_OF_MEMORY",
+                                  format("mmap of the guest memory source failed: %s",
                                          std::strerror(err)),
                                   err, "mmap");
     }
-    base_ = static_cast<uint8_t *>(base);
-    size_ = ram_size;
     return Status::success();
+}
+
+void GuestMemory::drop_pages(const PageBitmap &pages) {
+    const uint64_t count = size_ / VMM_PAGE_SIZE;
+    for (uint64_t page = 0; page < count;) {
+        if (!pages.test(page)) {
+            page++;
+            continue;
+        }
+        uint64_t run = page;
+        while (run < count && pages.test(run)) {
+            run++;
+        }
+        madvise(base_ + page * VMM_PAGE_SIZE, (run - page) * VMM_PAGE_SIZE, MADV_DONTNEED);
+        page = run;
+    }
 }
 
 void GuestMemory::unmap() {
@@ -53,11 +94,48 @@ void GuestMemory::unmap() {
     }
 }
 
+Status GuestMemory::restore_pages(const PageBitmap &pages, const MemorySource &source) {
+    uint8_t original[VMM_PAGE_SIZE];
+    const uint64_t count = size_ / VMM_PAGE_SIZE;
+    for (uint64_t page = 0; page < count; page++) {
+        if (!pages.test(page)) {
+            continue;
+        }
+        uint8_t *host = base_ + page * VMM_PAGE_SIZE;
+        const uint64_t offset = page * VMM_PAGE_SIZE;
+        if (source.present.test(page) && offset < source.size) {
+            ssize_t n = pread(source.fd, original, VMM_PAGE_SIZE,
+                              static_cast<off_t>(source.offset + offset));
+            if (n != static_cast<ssize_t>(VMM_PAGE_SIZE)) {
+                return Status::from_errno("ERR_OUT_OF_MEMORY", "reading a source page failed",
+                                          n < 0 ? errno : EIO, "pread");
+            }
+        } else {
+            std::memset(original, 0, VMM_PAGE_SIZE);
+        }
+        // Comparing first keeps a page that was only read (the shared zero
+        // page, say) from being copied into a private page for nothing.
+        if (std::memcmp(host, original, VMM_PAGE_SIZE) != 0) {
+            std::memcpy(host, original, VMM_PAGE_SIZE);
+        }
+    }
+    vmm_dirty_.clear_all();
+    return Status::success();
+}
+
 uint8_t *GuestMemory::user_range(uint64_t gpa, uint64_t len) const {
     if (gpa < VMM_RESERVED_END) {
         return nullptr;
     }
     return any_range(gpa, len);
+}
+
+uint8_t *GuestMemory::writable_range(uint64_t gpa, uint64_t len) {
+    uint8_t *host = user_range(gpa, len);
+    if (host != nullptr) {
+        vmm_dirty_.set_range(gpa, len);
+    }
+    return host;
 }
 
 uint8_t *GuestMemory::any_range(uint64_t gpa, uint64_t len) const {
@@ -68,9 +146,19 @@ uint8_t *GuestMemory::any_range(uint64_t gpa, uint64_t len) const {
     return base_ + gpa;
 }
 
-bool GuestMemory::resident_bytes(uint64_t *private_bytes, uint64_t *shared_bytes) const {
-    *private_bytes = 0;
-    *shared_bytes = 0;
+namespace {
+
+// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst): 63 page
+// present, 61 file page or shared anonymous page. A MAP_PRIVATE page that was
+// written becomes anonymous, so bit 61 tells a page still shared with the
+// source from this VM's own copy.
+constexpr uint64_t kPagemapPresent = 1ull << 63;
+constexpr uint64_t kPagemapFileOrShared = 1ull << 61;
+
+}  // namespace
+
+template <typename Visit>
+bool GuestMemory::scan_pagemap(Visit visit) const {
     if (base_ == nullptr) {
         return true;
     }
@@ -78,36 +166,53 @@ bool GuestMemory::resident_bytes(uint64_t *private_bytes, uint64_t *shared_bytes
     if (fd < 0) {
         return false;
     }
-    // pagemap entry bits: 63 present, 61 file page or shared anonymous page.
-    // A MAP_PRIVATE page that was written becomes anonymous, so bit 61 tells
-    // an image page still shared with other VMs from this VM's own copy.
-    constexpr uint64_t kPresent = 1ull << 63;
-    constexpr uint64_t kFileOrShared = 1ull << 61;
     const uint64_t pages = size_ / VMM_PAGE_SIZE;
     const uint64_t first = reinterpret_cast<uint64_t>(base_) / VMM_PAGE_SIZE;
-    std::vector<uint64_t> entries(4096);
+    uint64_t entries[512];
     bool ok = true;
     for (uint64_t done = 0; done < pages;) {
-        uint64_t batch = pages - done < entries.size() ? pages - done : entries.size();
-        ssize_t n = pread(fd, entries.data(), batch * 8, static_cast<off_t>((first + done) * 8));
+        uint64_t batch = pages - done < 512 ? pages - done : 512;
+        ssize_t n = pread(fd, entries, batch * 8, static_cast<off_t>((first + done) * 8));
         if (n != static_cast<ssize_t>(batch * 8)) {
             ok = false;
             break;
         }
         for (uint64_t i = 0; i < batch; i++) {
-            if ((entries[i] & kPresent) == 0) {
-                continue;
-            }
-            if (entries[i] & kFileOrShared) {
-                *shared_bytes += VMM_PAGE_SIZE;
-            } else {
-                *private_bytes += VMM_PAGE_SIZE;
-            }
+            visit(done + i, entries[i]);
         }
         done += batch;
     }
     close(fd);
     return ok;
+}
+
+Status GuestMemory::written_pages(PageBitmap *pages) const {
+    bool ok = scan_pagemap([pages](uint64_t page, uint64_t entry) {
+        if ((entry & kPagemapPresent) && !(entry & kPagemapFileOrShared)) {
+            pages->set(page);
+        }
+    });
+    pages->merge(vmm_dirty_);
+    if (!ok) {
+        return Status::from_errno("ERR_OUT_OF_MEMORY", "reading /proc/self/pagemap failed",
+                                  errno, "pread");
+    }
+    return Status::success();
+}
+
+bool GuestMemory::resident_bytes(uint64_t *private_bytes, uint64_t *shared_bytes) const {
+    *private_bytes = 0;
+    *shared_bytes = 0;
+    return scan_pagemap([&](uint64_t, uint64_t entry) {
+        if ((entry & kPagemapPresent) == 0) {
+            return;
+        }
+        if (entry & kPagemapFileOrShared) {
+            *shared_bytes += VMM_PAGE_SIZE;
+        } else {
+            *private_bytes += VMM_PAGE_SIZE;
+        }
+    });
 }
 
 }  // namespace vmm

@@ -12,6 +12,15 @@
 
 namespace vmm {
 
+bool page_is_zero(const uint8_t *page) {
+    const auto *words = reinterpret_cast<const uint64_t *>(page);
+    uint64_t any = 0;
+    for (size_t i = 0; i < VMM_PAGE_SIZE / 8; i++) {
+        any |= words[i];
+    }
+    return any == 0;
+}
+
 Status Image::parse(const uint8_t *data, size_t size, std::shared_ptr<Image> *out) {
     std::shared_ptr<Image> image(new Image());
     std::string reason = parse_elf(data, size, &image->elf_);
@@ -23,25 +32,20 @@ Status Image::parse(const uint8_t *data, size_t size, std::shared_ptr<Image> *ou
     return Status::success();
 }
 
-Image::~Image() {
-    for (auto &entry : layouts_) {
-        close(entry.second.fd);
-    }
-}
+Image::~Image() = default;
 
-Status Image::layout(uint64_t ram_size, const ImageLayout **out) {
+Status Image::layout(uint64_t ram_size, std::shared_ptr<const MemorySource> *out) {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = layouts_.find(ram_size);
     if (it == layouts_.end()) {
-        ImageLayout built;
+        std::shared_ptr<const MemorySource> built;
         Status status = build_layout(ram_size, &built);
         if (!status.ok()) {
             return status;
         }
-        it = layouts_.emplace(ram_size, built).first;
+        it = layouts_.emplace(ram_size, std::move(built)).first;
     }
-    // std::map nodes are stable, so the pointer stays valid while the Image lives.
-    *out = &it->second;
+    *out = it->second;
     return Status::success();
 }
 
@@ -49,12 +53,12 @@ uint64_t Image::layout_bytes() const {
     std::lock_guard<std::mutex> lock(mutex_);
     uint64_t total = 0;
     for (const auto &entry : layouts_) {
-        total += entry.second.size;
+        total += entry.second->present.count() * VMM_PAGE_SIZE;
     }
     return total;
 }
 
-Status Image::build_layout(uint64_t ram_size, ImageLayout *out) const {
+Status Image::build_layout(uint64_t ram_size, std::shared_ptr<const MemorySource> *out) const {
     const uint64_t size = elf_.load_end > VMM_RESERVED_END ? elf_.load_end : VMM_RESERVED_END;
     int fd = memfd_create("vmm-image", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) {
@@ -86,14 +90,23 @@ Status Image::build_layout(uint64_t ram_size, ImageLayout *out) const {
         // vaddr + memsz against load_end, which is at most `size`.
         std::memcpy(bytes + seg.vaddr, file_.data() + seg.offset, seg.filesz);
     }
+    auto source = std::make_shared<MemorySource>();
+    source->present = PageBitmap(ram_size / VMM_PAGE_SIZE);
+    for (uint64_t page = 0; page < size / VMM_PAGE_SIZE; page++) {
+        if (!page_is_zero(bytes + page * VMM_PAGE_SIZE)) {
+            source->present.set(page);
+        }
+    }
     munmap(map, size);
 
     // Sealed: no VM or later code can change the pages every VM shares.
     if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
         return fail("fcntl");
     }
-    out->fd = fd;
-    out->size = size;
+    source->fd = fd;
+    source->size = size;
+    source->ram_size = ram_size;
+    *out = std::move(source);
     return Status::success();
 }
 

@@ -12,15 +12,10 @@
 
 #include "common/status.h"
 #include "memory/elf.h"
+#include "memory/source.h"
 
 namespace vmm {
 
-// Guest physical [0, size) of one RAM size: the supervisor area, an empty
-// boot information page and the loaded segments.
-struct ImageLayout {
-    int fd = -1;
-    uint64_t size = 0;
-};
 
 class Image {
 public:
@@ -36,21 +31,23 @@ public:
     uint64_t load_end() const { return elf_.load_end; }
     const ElfImage &elf() const { return elf_; }
 
-    // Returns the layout for `ram_size`, building and sealing it on first use.
-    // Thread-safe. Codes: ERR_OUT_OF_MEMORY.
-    Status layout(uint64_t ram_size, const ImageLayout **out);
+    // Returns the layout for `ram_size`, building and sealing it on first
+    // use: guest physical [0, size) with the supervisor area, an empty boot
+    // information page and the loaded segments. Thread-safe.
+    // Codes: ERR_OUT_OF_MEMORY, ERR_RESOURCE_LIMIT.
+    Status layout(uint64_t ram_size, std::shared_ptr<const MemorySource> *out);
 
     // Bytes of layout memfds this image holds (each page counted once).
     uint64_t layout_bytes() const;
 
 private:
     Image() = default;
-    Status build_layout(uint64_t ram_size, ImageLayout *out) const;
+    Status build_layout(uint64_t ram_size, std::shared_ptr<const MemorySource> *out) const;
 
     ElfImage elf_;
     std::vector<uint8_t> file_;
     mutable std::mutex mutex_;
-    std::map<uint64_t, ImageLayout> layouts_;  // by RAM size
+    std::map<uint64_t, std::shared_ptr<const MemorySource>> layouts_;  // by RAM size
 };
 
 }  // namespace vmm

@@ -1,0 +1,448 @@
+// A VM's life on a worker: boot (from an image or a snapshot, into a pooled
+// or new KVM context), snapshot capture, and the end that returns its
+// context to the pool.
+#include <sys/random.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "devices/hypercalls.h"
+#include "engine/engine.h"
+#include "vmm_abi.h"
+
+namespace vmm {
+
+namespace {
+
+uint64_t random_u64() {
+    uint64_t value = 0;
+    while (getrandom(&value, sizeof(value), 0) != static_cast<ssize_t>(sizeof(value))) {
+        if (errno != EINTR) {
+            break;
+        }
+    }
+    return value;
+}
+
+}  // namespace
+
+Status Engine::acquire_context(uint64_t ram_size, const std::shared_ptr<const MemorySource> &source,
+                               PooledContext *out) {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        size_t pick = pool_.size();
+        for (size_t i = 0; i < pool_.size(); i++) {
+            if (pool_[i].memory->size() != ram_size) {
+                continue;
+            }
+            pick = i;
+            if (pool_[i].source->id == source->id) {
+                break;  // best case: its RAM already maps this source
+            }
+        }
+        if (pick < pool_.size()) {
+            *out = std::move(pool_[pick]);
+            pool_.erase(pool_.begin() + static_cast<std::ptrdiff_t>(pick));
+        }
+    }
+    if (out->kvm) {
+        // release_context restored the last guest's written pages, so a
+        // context that maps the same source is clean already.
+        if (out->source->id != source->id) {
+            Status status = out->memory->remap(*source);
+            if (!status.ok()) {
+                return status;
+            }
+            out->source = source;
+        }
+        return Status::success();
+    }
+
+    auto memory = std::make_unique<GuestMemory>();
+    Status status = memory->map(*source, ram_size);
+    if (!status.ok()) {
+        return status;
+    }
+    std::unique_ptr<KvmContext> ctx;
+    status = KvmContext::create(*kvm_, &ctx);
+    if (!status.ok()) {
+        return status;
+    }
+    {
+        // The first vCPU ever created gives the state a reused vCPU is reset
+        // to, so nothing of an earlier guest (FPU, SSE, MSRs) reaches the next.
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!fresh_) {
+            auto fresh = std::make_unique<VcpuState>();
+            status = fresh->capture(*kvm_, ctx->vcpu_fd());
+            if (!status.ok()) {
+                return status;
+            }
+            fresh_ = std::move(fresh);
+        }
+    }
+    status = ctx->map_ram(memory->host(), ram_size);
+    if (!status.ok()) {
+        return status;
+    }
+    out->kvm = std::move(ctx);
+    out->memory = std::move(memory);
+    out->source = source;
+    return Status::success();
+}
+
+void Engine::release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
+                             std::unique_ptr<GuestMemory> memory, bool crashed) {
+    if (!kvm || !memory || !m.source) {
+        return;
+    }
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stopping_ || pool_.size() >= options_.pool_size) {
+            return;  // kvm and memory are freed by their destructors
+        }
+    }
+    // Copy the source back into every page the guest or the VMM wrote, so
+    // no byte of this guest reaches the next one. A failed pagemap read or
+    // copy leaves unknown pages behind: free the context instead.
+    PageBitmap written(memory->size() / VMM_PAGE_SIZE);
+    if (!memory->written_pages(&written).ok() || !memory->restore_pages(written, *m.source).ok()) {
+        return;
+    }
+    kvm->clear_exit_request();
+    // A crash ran the exception stub in supervisor mode, which may leave
+    // state restore_user_state() does not cover: such a context gets a full
+    // restore next time.
+    PooledContext pooled{std::move(kvm), std::move(memory), m.source,
+                         crashed ? nullptr : m.restored_from, {}};
+    if (pooled.restored_from &&
+        !pooled.restored_from->cpu().match_user_state(pooled.kvm->vcpu_fd(), &pooled.match).ok()) {
+        pooled.restored_from = nullptr;
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!stopping_ && pool_.size() < options_.pool_size) {
+        pool_.push_back(std::move(pooled));
+    }
+}
+
+Status Engine::collect_dirty(Machine &m) {
+    return m.memory->written_pages(&m.dirty);
+}
+
+Status Engine::boot_machine(Machine &m) {
+    std::shared_ptr<const MemorySource> source;
+    if (m.snapshot) {
+        source = m.snapshot->memory();
+    } else {
+        Status status = m.image->layout(m.ram_size, &source);
+        if (!status.ok()) {
+            return status;
+        }
+    }
+    PooledContext ctx;
+    Status status = acquire_context(m.ram_size, source, &ctx);
+    if (!status.ok()) {
+        return status;
+    }
+    // Pages the previous guest wrote were restored when its context was
+    // released, so this guest starts with none written.
+    m.dirty = PageBitmap(m.ram_size / VMM_PAGE_SIZE);
+
+    uint8_t *info_page = ctx.memory->any_range(VMM_BOOT_INFO_ADDR, sizeof(vmm_boot_info));
+    if (info_page == nullptr) {
+        return Status::failure("ERR_OUT_OF_MEMORY", "guest RAM is too small for the boot page");
+    }
+    auto *info = reinterpret_cast<vmm_boot_info *>(info_page);
+    if (m.snapshot) {
+        // A clone keeps the snapshot's boot page (command line included) but
+        // gets its own identity before it runs.
+        if (ctx.restored_from == m.snapshot) {
+            status = m.snapshot->cpu().restore_user_state(ctx.kvm->vcpu_fd(), ctx.match);
+            if (status.ok()) {
+                status = ctx.kvm->set_regs_fast(m.snapshot->cpu().regs);
+            }
+        } else {
+            status = m.snapshot->cpu().restore(ctx.kvm->vcpu_fd());
+        }
+        if (!status.ok()) {
+            return status;
+        }
+        m.restored_from = m.snapshot;
+        info->vm_id = m.id;
+        info->random_seed = random_u64();
+        const WaitState &wait = m.snapshot->wait();
+        m.in_wait = wait.in_wait;
+        m.wait_block = wait.block;
+        m.wait_buf = wait.buf;
+        m.wait_cap = wait.cap;
+        m.wait_deadline =
+            wait.deadline_remaining_ns == 0 ? 0 : monotonic_ns() + wait.deadline_remaining_ns;
+        m.wait_timed_out = false;
+    } else {
+        vmm_boot_info fresh_info{};
+        fresh_info.magic = VMM_BOOT_MAGIC;
+        fresh_info.abi_version = VMM_ABI_VERSION;
+        fresh_info.ram_size = m.ram_size;
+        fresh_info.vm_id = m.id;
+        fresh_info.random_seed = random_u64();
+        // The addon rejects longer command lines; this keeps the NUL regardless.
+        size_t len = m.cmdline.size() < VMM_CMDLINE_MAX ? m.cmdline.size() : VMM_CMDLINE_MAX - 1;
+        fresh_info.cmdline_len = static_cast<uint32_t>(len);
+        std::memcpy(fresh_info.cmdline, m.cmdline.data(), len);
+        std::memcpy(info_page, &fresh_info, sizeof(fresh_info));
+        if (fresh_) {
+            // fresh_ is written once, before any context is pooled.
+            status = fresh_->restore(ctx.kvm->vcpu_fd());
+            if (!status.ok()) {
+                return status;
+            }
+        }
+        status = ctx.kvm->set_entry_state(m.image->entry(), m.ram_size);
+        if (!status.ok()) {
+            return status;
+        }
+    }
+    ctx.memory->mark_dirty(VMM_BOOT_INFO_ADDR, sizeof(vmm_boot_info));
+
+    std::lock_guard<std::mutex> lock(mutex_);
+    m.memory = std::move(ctx.memory);
+    m.kvm = std::move(ctx.kvm);
+    m.source = std::move(ctx.source);
+    m.io_pending = false;
+    // A kill that arrived during the boot found no context to kick; the
+    // kill_requested flag covers it, so set immediate_exit here as well.
+    if (m.kill_requested.load(std::memory_order_acquire)) {
+        m.kvm->request_exit();
+    }
+    return Status::success();
+}
+
+Status Engine::prewarm(std::shared_ptr<const Snapshot> snapshot, uint64_t count,
+                       uint64_t request_id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) {
+        return Status::failure("ERR_VMM_CLOSED", "the VMM is closed");
+    }
+    struct Progress {
+        std::mutex mutex;
+        uint64_t remaining;
+        Status status;
+    };
+    auto progress = std::make_shared<Progress>();
+    progress->remaining = count;
+    if (count == 0) {
+        Event event;
+        event.type = EventType::kPrewarmed;
+        event.call_id = request_id;
+        events_.push(std::move(event));
+        return Status::success();
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        jobs_.push_back([this, snapshot, progress, request_id] {
+            Status status = prewarm_one(snapshot);
+            std::lock_guard<std::mutex> guard(progress->mutex);
+            if (!status.ok() && progress->status.ok()) {
+                progress->status = status;
+            }
+            if (--progress->remaining == 0) {
+                Event event;
+                event.call_id = request_id;
+                event.type = progress->status.ok() ? EventType::kPrewarmed
+                                                   : EventType::kPrewarmFailed;
+                event.error = progress->status;
+                events_.push(std::move(event));
+            }
+        });
+    }
+    work_cv_.notify_all();
+    return Status::success();
+}
+
+Status Engine::prewarm_one(const std::shared_ptr<const Snapshot> &snapshot) {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stopping_) {
+            return Status::failure("ERR_VMM_CLOSED", "the VMM is closed");
+        }
+    }
+    const std::shared_ptr<const MemorySource> &source = snapshot->memory();
+    PooledContext ctx;
+    auto memory = std::make_unique<GuestMemory>();
+    Status status = memory->map(*source, snapshot->ram_size());
+    if (status.ok()) status = KvmContext::create(*kvm_, &ctx.kvm);
+    if (status.ok()) status = ctx.kvm->map_ram(memory->host(), snapshot->ram_size());
+    if (status.ok()) status = snapshot->cpu().restore(ctx.kvm->vcpu_fd());
+    if (!status.ok()) {
+        return status;
+    }
+    ctx.memory = std::move(memory);
+    ctx.source = source;
+    ctx.restored_from = snapshot;
+    ctx.match.sregs = true;
+    ctx.match.xsave = true;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) {
+        return Status::failure("ERR_VMM_CLOSED", "the VMM is closed");
+    }
+    pool_.push_back(std::move(ctx));
+    return Status::success();
+}
+
+void Engine::handle_snapshot_requests(const std::shared_ptr<Machine> &m) {
+    std::vector<uint64_t> requests;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        requests.swap(m->snapshot_requests);
+    }
+    if (requests.empty()) {
+        return;
+    }
+    Machine &vm = *m;
+    std::shared_ptr<const Snapshot> snapshot;
+    Status status;
+    if (vm.io_pending) {
+        status = vm.kvm->complete_pending_io();
+        vm.io_pending = !status.ok();
+    }
+    if (status.ok()) {
+        status = collect_dirty(vm);
+    }
+    VcpuState cpu;
+    if (status.ok()) {
+        status = cpu.capture(*kvm_, vm.kvm->vcpu_fd());
+    }
+    if (status.ok()) {
+        WaitState wait;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            wait.in_wait = vm.in_wait;
+            wait.block = vm.wait_block;
+            wait.buf = vm.wait_buf;
+            wait.cap = vm.wait_cap;
+            uint64_t now = monotonic_ns();
+            wait.deadline_remaining_ns =
+                vm.wait_deadline == 0 ? 0 : (vm.wait_deadline > now ? vm.wait_deadline - now : 1);
+        }
+        status = Snapshot::capture(*vm.memory, vm.source, vm.dirty, std::move(cpu), wait,
+                                   vm.snapshot, &snapshot);
+    }
+    for (uint64_t request : requests) {
+        Event event;
+        event.vm_id = vm.id;
+        event.call_id = request;
+        if (status.ok()) {
+            event.type = EventType::kSnapshot;
+            event.snapshot = snapshot;
+        } else {
+            event.type = EventType::kSnapshotFailed;
+            event.error = status;
+        }
+        events_.push(std::move(event));
+    }
+}
+
+void Engine::push_started_locked(Machine &m) {
+    if (m.started_pending) {
+        m.started_pending = false;
+        Event event;
+        event.type = EventType::kStarted;
+        event.vm_id = m.id;
+        events_.push(std::move(event));
+    }
+}
+
+void Engine::run_machine(const std::shared_ptr<Machine> &m, bool boot) {
+    if (boot) {
+        Status status = boot_machine(*m);
+        if (!status.ok()) {
+            Event event;
+            event.type = EventType::kStartFailed;
+            event.vm_id = m->id;
+            event.error = status;
+            events_.push(std::move(event));
+            ExitInfo info;
+            info.reason = "crash";
+            info.code = -1;
+            info.message = "start failed: " + status.message;
+            finish(m, std::move(info));
+            return;
+        }
+        // kStarted goes out with the first exit (or the first park), so that
+        // a clone's start and its first reply reach JavaScript in one batch.
+        m->started_pending = true;
+    }
+    handle_snapshot_requests(m);
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (m->in_wait && !complete_wait_locked(*m)) {
+            // Woken for a snapshot, or a clone that starts inside its wait:
+            // nothing to deliver yet, so it waits again without running.
+            if (!m->kill_requested.load(std::memory_order_acquire)) {
+                push_started_locked(*m);
+                m->state = VmState::kWaiting;
+                m->worker = -1;
+                if (m->wait_deadline != 0) {
+                    timers_.push(Timer{m->wait_deadline, m->wait_seq, m});
+                    work_cv_.notify_one();
+                }
+                if (!m->snapshot_requests.empty()) {
+                    make_runnable_locked(m);
+                }
+                return;
+            }
+        }
+    }
+    run_vcpu(m);
+}
+
+void Engine::finish(const std::shared_ptr<Machine> &m, ExitInfo info) {
+    std::unique_ptr<KvmContext> kvm;
+    std::unique_ptr<GuestMemory> memory;
+    std::vector<uint64_t> snapshot_requests;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (m->state == VmState::kExited) {
+            return;
+        }
+        m->state = VmState::kExited;
+        m->worker = -1;
+        m->inbox.clear();
+        m->awaiting_reply = 0;
+        m->exit = std::make_shared<ExitInfo>(info);
+        snapshot_requests.swap(m->snapshot_requests);
+        kvm = std::move(m->kvm);
+        memory = std::move(m->memory);
+    }
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        push_started_locked(*m);
+    }
+    for (uint64_t request : snapshot_requests) {
+        Event event;
+        event.type = EventType::kSnapshotFailed;
+        event.vm_id = m->id;
+        event.call_id = request;
+        event.error = Status::failure("ERR_VM_EXITED", "the VM exited before the snapshot");
+        events_.push(std::move(event));
+    }
+    {
+        std::lock_guard<std::mutex> lock(m->console.mutex);
+        if (!m->console.pending.empty() && !m->console.queued) {
+            m->console.queued = true;
+            Event event;
+            event.type = EventType::kConsole;
+            event.vm_id = m->id;
+            events_.push(std::move(event));
+        }
+    }
+    const bool crashed = info.reason == "crash";
+    Event event;
+    event.type = EventType::kExit;
+    event.vm_id = m->id;
+    event.exit = std::make_shared<const ExitInfo>(std::move(info));
+    events_.push(std::move(event));
+    // Outside the engine lock: dropping pages and freeing contexts take time.
+    release_context(*m, std::move(kvm), std::move(memory), crashed);
+}
+
+}  // namespace vmm

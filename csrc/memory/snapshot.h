@@ -1,0 +1,74 @@
+// An immutable snapshot of a VM: its memory (a sealed memfd or a mapped
+// snapshot file, shared by every clone) and its vCPU state.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "common/status.h"
+#include "kvm/vcpu_state.h"
+#include "memory/guest_memory.h"
+#include "memory/source.h"
+
+namespace vmm {
+
+// A hypercall the guest was blocked in when the snapshot was taken. A clone
+// resumes inside it: the next message completes it.
+struct WaitState {
+    bool in_wait = false;
+    uint64_t block = 0;
+    uint64_t buf = 0;
+    uint64_t cap = 0;
+    uint64_t deadline_remaining_ns = 0;  // 0 = no deadline
+};
+
+class Snapshot {
+public:
+    // Builds a snapshot of memory mapped at `memory`, whose base is `base`
+    // (the source the VM mapped) and whose written pages are `dirty`.
+    // The vCPU must be stopped. Codes: ERR_OUT_OF_MEMORY, ERR_RESOURCE_LIMIT.
+    static Status capture(const GuestMemory &memory, std::shared_ptr<const MemorySource> base,
+                          const PageBitmap &dirty, VcpuState cpu, WaitState wait,
+                          std::shared_ptr<const Snapshot> parent,
+                          std::shared_ptr<const Snapshot> *out);
+
+    // Wraps memory and state read from a snapshot file.
+    Snapshot(std::shared_ptr<const MemorySource> memory, VcpuState cpu, WaitState wait,
+             std::shared_ptr<const Snapshot> parent, PageBitmap diff);
+
+    const std::shared_ptr<const MemorySource> &memory() const { return memory_; }
+    const VcpuState &cpu() const { return cpu_; }
+    const WaitState &wait() const { return wait_; }
+    uint64_t ram_size() const { return memory_->ram_size; }
+    // The snapshot this one's VM was cloned from, or null.
+    const std::shared_ptr<const Snapshot> &parent() const { return parent_; }
+    // Pages that differ from the parent's memory (every present page when
+    // there is no parent). A diff snapshot file stores only these.
+    const PageBitmap &diff() const { return diff_; }
+
+    // SHA-256 over the vCPU state, the wait state and every present page
+    // with its page number. Computed on first use; a child file names its
+    // parent by this hash.
+    const std::array<uint8_t, 32> &content_hash() const;
+
+private:
+    std::shared_ptr<const MemorySource> memory_;
+    VcpuState cpu_;
+    WaitState wait_;
+    std::shared_ptr<const Snapshot> parent_;
+    PageBitmap diff_;
+    mutable std::once_flag hash_once_;
+    mutable std::array<uint8_t, 32> hash_{};
+};
+
+// Creates an empty sealed-to-be memfd of `size` bytes. Codes: ERR_OUT_OF_MEMORY,
+// ERR_RESOURCE_LIMIT.
+Status create_memfd(const char *name, uint64_t size, int *out);
+
+// Seals a memfd against any change in size or content.
+Status seal_memfd(int fd);
+
+}  // namespace vmm

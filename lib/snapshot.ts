@@ -1,0 +1,51 @@
+import type { NativeSnapshot } from './binding';
+
+/**
+ * An immutable snapshot of a VM: its memory and vCPU state. Every VM created
+ * from it with `vmm.createVM({ snapshot })` starts where the snapshotted VM
+ * stood, shares the snapshot's pages and owns only the pages it writes.
+ * Create one with {@link VM.snapshot}.
+ */
+export class Snapshot {
+  readonly #native: NativeSnapshot;
+  #hash: string | undefined;
+
+  /** @internal */
+  constructor(nativeSnapshot: NativeSnapshot) {
+    this.#native = nativeSnapshot;
+  }
+
+  /** Guest RAM size of the snapshotted VM, in bytes. */
+  get memory(): number {
+    return this.#native.ramSize;
+  }
+
+  /** Bytes of non-zero guest pages the snapshot holds. */
+  get memoryBytes(): number {
+    return this.#native.memoryBytes;
+  }
+
+  /** Bytes of pages that differ from the parent snapshot (all pages when there is none). */
+  get diffBytes(): number {
+    return this.#native.diffBytes;
+  }
+
+  /** True when the snapshotted VM was itself a clone of another snapshot. */
+  get hasParent(): boolean {
+    return this.#native.hasParent;
+  }
+
+  /**
+   * SHA-256 of the snapshot's content (vCPU state and every non-zero page),
+   * as 64 hex digits. A diff snapshot file names its parent by this hash.
+   */
+  get hash(): string {
+    this.#hash ??= this.#native.hash();
+    return this.#hash;
+  }
+
+  /** @internal */
+  get native(): NativeSnapshot {
+    return this.#native;
+  }
+}
