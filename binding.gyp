@@ -7,6 +7,7 @@
         "csrc/addon/engine_wrap.cc",
         "csrc/addon/errors.cc",
         "csrc/addon/image_wrap.cc",
+        "csrc/addon/snapshot_io.cc",
         "csrc/addon/snapshot_wrap.cc",
         "csrc/addon/testing.cc",
         "csrc/common/sha256.cc",
@@ -15,6 +16,7 @@
         "csrc/engine/engine.cc",
         "csrc/engine/lifecycle.cc",
         "csrc/engine/vcpu_loop.cc",
+        "csrc/engine/warmup.cc",
         "csrc/kvm/context.cc",
         "csrc/kvm/exit.cc",
         "csrc/kvm/system.cc",
@@ -23,7 +25,8 @@
         "csrc/memory/elf.cc",
         "csrc/memory/guest_memory.cc",
         "csrc/memory/image.cc",
-        "csrc/memory/snapshot.cc"
+        "csrc/memory/snapshot.cc",
+        "csrc/memory/snapshot_file.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -112,6 +112,8 @@ interface NativeModule {
     onEvents: (events: NativeEvent[]) => void,
   ) => NativeEngine;
   probe(): { maxMemslots: number; runMmapSize: number };
+  saveSnapshot(snapshot: NativeSnapshot, path: string): Promise<void>;
+  loadSnapshot(path: string, parent: NativeSnapshot | null): Promise<NativeSnapshot>;
   constants: NativeConstants;
   /** Pure engine functions for tests; nothing here touches /dev/kvm. */
   testing: {

@@ -20,7 +20,11 @@ export type VMMErrorCode =
   | 'ERR_VM_EXITED'
   | 'ERR_VM_DESTROYED'
   | 'ERR_VMM_CLOSED'
-  | 'ERR_CALL_UNANSWERED';
+  | 'ERR_CALL_UNANSWERED'
+  | 'ERR_KVM_STATE'
+  | 'ERR_SNAPSHOT_INVALID'
+  | 'ERR_SNAPSHOT_READ'
+  | 'ERR_SNAPSHOT_WRITE';
 
 /**
  * The one error class of the engine. `code` says what failed; `errno` and

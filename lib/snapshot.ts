@@ -1,4 +1,8 @@
+import * as path from 'node:path';
+
+import { native } from './binding';
 import type { NativeSnapshot } from './binding';
+import { VMMError, invalidType } from './errors';
 
 /**
  * An immutable snapshot of a VM: its memory and vCPU state. Every VM created
@@ -42,6 +46,28 @@ export class Snapshot {
   get hash(): string {
     this.#hash ??= this.#native.hash();
     return this.#hash;
+  }
+
+  /**
+   * Writes the snapshot to a file, atomically: a temporary file in the same
+   * directory, fsync, then rename. A snapshot of a clone is written as a
+   * diff that holds only the pages that differ from its parent and names
+   * the parent by {@link Snapshot.hash}; loading it needs that parent.
+   *
+   * @param file - destination path; an existing file is replaced
+   * @throws TypeError for a bad path; rejects with VMMError `ERR_SNAPSHOT_WRITE`
+   * @example
+   * ```ts
+   * await snapshot.save('/var/lib/app/counter.snap');
+   * ```
+   */
+  async save(file: string): Promise<void> {
+    if (typeof file !== 'string' || file.length === 0) throw invalidType('path', 'a non-empty string', file);
+    try {
+      await native.saveSnapshot(this.#native, path.resolve(file));
+    } catch (err) {
+      throw VMMError.fromNative(err);
+    }
   }
 
   /** @internal */

@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { resolve as resolvePath } from 'node:path';
 import createDebug from 'debug';
 
 import { native } from './binding';
@@ -158,6 +159,38 @@ export class VMM {
         throw new VMMError(wrapped.code, `${path}: ${wrapped.message}`);
       }
       throw wrapped;
+    }
+  }
+
+  /**
+   * Reads and verifies a snapshot file written by {@link Snapshot.save}. A
+   * full snapshot's memory is mapped from the file itself, so clones in every
+   * process share its page cache; treat the file as read-only while it is
+   * loaded. A diff snapshot needs its parent, already loaded.
+   *
+   * @param file - path of the snapshot file
+   * @param options - `parent`: the snapshot a diff file was taken against
+   * @returns the snapshot, ready for `vmm.createVM({ snapshot })`
+   * @throws VMMError `ERR_SNAPSHOT_INVALID` (truncated or corrupted file,
+   *   unknown version, CPU features this host lacks, missing or wrong
+   *   parent; nothing is loaded), `ERR_SNAPSHOT_READ`
+   * @example
+   * ```ts
+   * const base = await vmm.loadSnapshot('base.snap');
+   * const child = await vmm.loadSnapshot('child.snap', { parent: base });
+   * ```
+   */
+  async loadSnapshot(file: string, options: { parent?: Snapshot } = {}): Promise<Snapshot> {
+    if (typeof file !== 'string' || file.length === 0) throw invalidType('path', 'a non-empty string', file);
+    if (options === null || typeof options !== 'object') throw invalidType('options', 'an object', options);
+    if (options.parent !== undefined && !(options.parent instanceof Snapshot)) {
+      throw invalidType('parent', 'a Snapshot', options.parent);
+    }
+    this.#requireEngine();
+    try {
+      return new Snapshot(await native.loadSnapshot(resolvePath(file), options.parent?.native ?? null));
+    } catch (err) {
+      throw VMMError.fromNative(err);
     }
   }
 

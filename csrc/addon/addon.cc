@@ -6,6 +6,7 @@
 #include "addon/engine_wrap.h"
 #include "addon/errors.h"
 #include "addon/image_wrap.h"
+#include "addon/snapshot_io.h"
 #include "addon/snapshot_wrap.h"
 #include "addon/testing.h"
 #include "vmm_abi.h"
@@ -77,6 +78,8 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
     exports.Set("NativeImage", image);
     exports.Set("NativeEngine", engine);
     exports.Set("probe", Napi::Function::New(env, probe));
+    exports.Set("saveSnapshot", Napi::Function::New(env, save_snapshot_js));
+    exports.Set("loadSnapshot", Napi::Function::New(env, load_snapshot_js));
     exports.Set("constants", constants(env));
     exports.Set("testing", testing_exports(env));
     return exports;

@@ -102,6 +102,12 @@ void Engine::release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
             return;  // kvm and memory are freed by their destructors
         }
     }
+    // An exit KVM has not completed (the last hypercall, or an exception
+    // stub's port write) would be completed by the next KVM_RUN, which then
+    // writes that old instruction's end into the next guest's rip.
+    if (!kvm->complete_pending_io().ok()) {
+        return;
+    }
     // Copy the source back into every page the guest or the VMM wrote, so
     // no byte of this guest reaches the next one. A failed pagemap read or
     // copy leaves unknown pages behind: free the context instead.
@@ -255,36 +261,6 @@ Status Engine::prewarm(std::shared_ptr<const Snapshot> snapshot, uint64_t count,
         });
     }
     work_cv_.notify_all();
-    return Status::success();
-}
-
-Status Engine::prewarm_one(const std::shared_ptr<const Snapshot> &snapshot) {
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (stopping_) {
-            return Status::failure("ERR_VMM_CLOSED", "the VMM is closed");
-        }
-    }
-    const std::shared_ptr<const MemorySource> &source = snapshot->memory();
-    PooledContext ctx;
-    auto memory = std::make_unique<GuestMemory>();
-    Status status = memory->map(*source, snapshot->ram_size());
-    if (status.ok()) status = KvmContext::create(*kvm_, &ctx.kvm);
-    if (status.ok()) status = ctx.kvm->map_ram(memory->host(), snapshot->ram_size());
-    if (status.ok()) status = snapshot->cpu().restore(ctx.kvm->vcpu_fd());
-    if (!status.ok()) {
-        return status;
-    }
-    ctx.memory = std::move(memory);
-    ctx.source = source;
-    ctx.restored_from = snapshot;
-    ctx.match.sregs = true;
-    ctx.match.xsave = true;
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_) {
-        return Status::failure("ERR_VMM_CLOSED", "the VMM is closed");
-    }
-    pool_.push_back(std::move(ctx));
     return Status::success();
 }
 
