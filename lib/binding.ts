@@ -108,7 +108,7 @@ interface NativeModule {
   NativeImage: new (bytes: Uint8Array) => NativeImage;
   NativeSnapshot: abstract new () => NativeSnapshot;
   NativeEngine: new (
-    options: { workers: number; sliceMs: number },
+    options: { workers: number; sliceMs: number; poolSize: number },
     onEvents: (events: NativeEvent[]) => void,
   ) => NativeEngine;
   probe(): { maxMemslots: number; runMmapSize: number };

@@ -20,10 +20,13 @@ const USAGE = `Usage:
   vmm guests
       Print each bundled guest: its name, a tab, its absolute path.
 
-  vmm fleet [--vms N] [--concurrency N] [--json]
+  vmm fleet [--vms N] [--concurrency N] [--clone] [--json]
       Boot N counter VMs (default 1000), call each once, check each reply
       carries its own VM id, print boot latency p50/p99, boots per second and
       host memory per VM, then destroy them. Progress goes to stderr.
+      --clone         boot one VM, snapshot it after its first call, and
+                      create the fleet as clones; also cold-boot 50 VMs
+                      for comparison and report private memory per clone
       --json          end with one line of JSON on stdout
 
   vmm help
@@ -97,14 +100,16 @@ async function fleetCommand(args: string[]): Promise<number> {
     options: {
       vms: { type: 'string' },
       concurrency: { type: 'string' },
+      clone: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
     },
   });
   if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
   const vms = positiveInteger('vms', values.vms, 1000);
   const concurrency = values.concurrency === undefined ? undefined : positiveInteger('concurrency', values.concurrency, 1);
-  const progress = new Progress(process.stderr, 'booting', vms);
-  const result = await runFleet({ vms, concurrency, onProgress: (done) => progress.update(done) });
+  const progress = new Progress(process.stderr, values.clone ? 'cloning' : 'booting', vms);
+  if (values.clone) process.stderr.write(`cold-booting 50 VMs for comparison, then prewarming ${vms} contexts\n`);
+  const result = await runFleet({ vms, concurrency, clone: values.clone, onProgress: (done) => progress.update(done) });
   const kib = (bytes: number): string => `${(bytes / 1024).toFixed(1)} KiB`;
   process.stdout.write(
     [
@@ -113,14 +118,36 @@ async function fleetCommand(args: string[]): Promise<number> {
       `boot to first reply:  p50 ${(result.bootP50Us / 1000).toFixed(2)} ms, p99 ${(result.bootP99Us / 1000).toFixed(2)} ms`,
       `boots per second:     ${result.bootsPerSecond}`,
       `host memory per VM:   ${kib(result.hostBytesPerVm)} (MemAvailable drop), ${kib(result.rssBytesPerVm)} (process RSS growth)`,
+      ...(values.clone
+        ? [
+            `cold boot (sample):   p50 ${((result.coldBootP50Us ?? 0) / 1000).toFixed(2)} ms`,
+            `clone speed-up:       ${((result.coldBootP50Us ?? 0) / Math.max(1, result.cloneP50Us ?? 1)).toFixed(1)}x (p50)`,
+            `private per clone:    ${kib(result.privateBytesPerClone ?? 0)}`,
+            `prewarm:              ${result.prewarmMs} ms for ${result.vms} contexts`,
+          ]
+        : []),
       '',
     ].join('\n'),
   );
   if (values.json) {
-    const { vms: count, distinctReplies, bootP50Us, bootP99Us, bootsPerSecond, hostBytesPerVm } = result;
-    process.stdout.write(
-      JSON.stringify({ vms: count, distinctReplies, bootP50Us, bootP99Us, bootsPerSecond, hostBytesPerVm, rssBytesPerVm: result.rssBytesPerVm }) + '\n',
-    );
+    const { vms: count, distinctReplies, bootP50Us, bootP99Us, bootsPerSecond, hostBytesPerVm, rssBytesPerVm } = result;
+    const json: Record<string, number | undefined> = {
+      vms: count,
+      distinctReplies,
+      bootP50Us,
+      bootP99Us,
+      bootsPerSecond,
+      hostBytesPerVm,
+      rssBytesPerVm,
+    };
+    if (values.clone) {
+      json.cloneP50Us = result.cloneP50Us;
+      json.cloneP99Us = result.cloneP99Us;
+      json.coldBootP50Us = result.coldBootP50Us;
+      json.privateBytesPerClone = result.privateBytesPerClone;
+      json.prewarmMs = result.prewarmMs;
+    }
+    process.stdout.write(JSON.stringify(json) + '\n');
   }
   return result.distinctReplies === result.vms ? 0 : 1;
 }

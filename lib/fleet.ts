@@ -1,6 +1,7 @@
 import { bundledGuest } from './guests';
 import { memAvailableBytes, nowUs, percentile, rssBytes } from './measure';
 import { VMM } from './vmm';
+import type { Snapshot } from './snapshot';
 import type { VM } from './vm';
 
 /** Options of {@link runFleet}. */
@@ -11,6 +12,13 @@ export interface FleetOptions {
   concurrency?: number;
   /** Guest RAM of each VM. Default: '16M'. */
   memory?: number | string;
+  /**
+   * Boot one VM, snapshot it after its first call and create the fleet as
+   * clones of that snapshot; also cold-boot `coldSample` VMs for comparison.
+   */
+  clone?: boolean;
+  /** VMs cold-booted for comparison in a clone run. Default: 50. */
+  coldSample?: number;
   /** Called after each VM has replied, with the number done. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -33,6 +41,15 @@ export interface FleetResult {
   rssBytesPerVm: number;
   /** Wall time of the whole run, in milliseconds. */
   elapsedMs: number;
+  /** Clone runs: clone to first reply, in a context built by vmm.prewarm(). */
+  cloneP50Us?: number;
+  cloneP99Us?: number;
+  /** Clone runs: cold boot to first reply of the comparison sample, median. */
+  coldBootP50Us?: number;
+  /** Clone runs: private guest memory per idle clone, after its first reply. */
+  privateBytesPerClone?: number;
+  /** Clone runs: time vmm.prewarm() took to build the contexts, in milliseconds. */
+  prewarmMs?: number;
 }
 
 interface CounterReply {
@@ -60,10 +77,28 @@ export async function runFleet(options: FleetOptions = {}): Promise<FleetResult>
   const fleet: VM[] = [];
   try {
     const image = await vmm.loadImage(bundledGuest('counter'));
-    const availableBefore = memAvailableBytes();
-    const rssBefore = rssBytes();
+    let snapshot: Snapshot | undefined;
+    let coldBootP50Us: number | undefined;
+    let prewarmMs: number | undefined;
+    let availableBefore = memAvailableBytes();
+    let rssBefore = rssBytes();
+    if (options.clone) {
+      coldBootP50Us = await coldBootSample(memory, options.coldSample ?? 50);
+      availableBefore = memAvailableBytes();
+      rssBefore = rssBytes();
+      const template = vmm.createVM({ image, memory });
+      await template.start();
+      await template.call('template');
+      snapshot = await template.snapshot();
+      template.destroy();
+      const t0 = nowUs();
+      await vmm.prewarm(snapshot, total);
+      prewarmMs = Math.round((nowUs() - t0) / 1000);
+    }
     const latencies: number[] = [];
     const ids = new Set<number>();
+    // A clone continues the template's count: it has served one call.
+    const expectedCount = snapshot ? 2 : 1;
     let wrongReplies = 0;
     let next = 0;
     let done = 0;
@@ -71,12 +106,15 @@ export async function runFleet(options: FleetOptions = {}): Promise<FleetResult>
 
     const bootOne = async (): Promise<void> => {
       const t0 = nowUs();
-      const vm = vmm.createVM({ image, memory });
+      const vm = snapshot ? vmm.createVM({ snapshot }) : vmm.createVM({ image, memory });
       fleet.push(vm);
-      await vm.start();
+      // start() and call() together: the message waits in the VM's queue
+      // and is served by the first run, with no extra round trip.
+      const starting = vm.start();
       const reply = JSON.parse(new TextDecoder().decode(await vm.call('fleet'))) as CounterReply;
+      await starting;
       latencies.push(nowUs() - t0);
-      if (reply.id === vm.id && reply.count === 1) ids.add(reply.id);
+      if (reply.id === vm.id && reply.count === expectedCount) ids.add(reply.id);
       else wrongReplies++;
       done++;
       options.onProgress?.(done, total);
@@ -94,7 +132,7 @@ export async function runFleet(options: FleetOptions = {}): Promise<FleetResult>
     await new Promise((resolve) => setTimeout(resolve, 100));
     const hostBytes = availableBefore - memAvailableBytes();
     const rssGrowth = rssBytes() - rssBefore;
-    return {
+    const result: FleetResult = {
       vms: total,
       distinctReplies: ids.size,
       wrongReplies,
@@ -105,8 +143,43 @@ export async function runFleet(options: FleetOptions = {}): Promise<FleetResult>
       rssBytesPerVm: Math.round(rssGrowth / total),
       elapsedMs: Math.round(elapsedUs / 1000),
     };
+    if (snapshot) {
+      let privateBytes = 0;
+      for (const vm of fleet) privateBytes += vm.memoryStats().privateBytes;
+      result.cloneP50Us = result.bootP50Us;
+      result.cloneP99Us = result.bootP99Us;
+      result.coldBootP50Us = coldBootP50Us;
+      result.privateBytesPerClone = Math.round(privateBytes / total);
+      result.prewarmMs = prewarmMs;
+    }
+    return result;
   } finally {
     for (const vm of fleet) vm.destroy();
+    await vmm.close();
+  }
+}
+
+/**
+ * Cold-boots `count` VMs one at a time, each in a new KVM context (a VMM
+ * without a context pool), and returns the median create-to-first-reply
+ * time in microseconds.
+ */
+async function coldBootSample(memory: number | string, count: number): Promise<number> {
+  const vmm = new VMM({ poolSize: 0 });
+  try {
+    const image = await vmm.loadImage(bundledGuest('counter'));
+    const latencies: number[] = [];
+    for (let i = 0; i < count; i++) {
+      const t0 = nowUs();
+      const vm = vmm.createVM({ image, memory });
+      const starting = vm.start();
+      await vm.call('sample');
+      await starting;
+      latencies.push(nowUs() - t0);
+      vm.destroy();
+    }
+    return Math.round(percentile(latencies, 0.5));
+  } finally {
     await vmm.close();
   }
 }

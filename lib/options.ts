@@ -13,6 +13,11 @@ export interface VMMOptions {
   workers?: number;
   /** Milliseconds a guest may run while other VMs are queued. Default: 10. */
   sliceMs?: number;
+  /**
+   * KVM contexts kept after their VMs end, for the next VMs to start in
+   * without creating a KVM VM. 0 disables reuse. Default: 32.
+   */
+  poolSize?: number;
 }
 
 /**
@@ -43,6 +48,7 @@ export interface CreateFromImageOptions {
 export interface ResolvedVMMOptions {
   workers: number;
   sliceMs: number;
+  poolSize: number;
 }
 
 export type ResolvedCreateVMOptions = { image: Image; memory: number; cmdline: string } | { snapshot: Snapshot };
@@ -108,6 +114,7 @@ export function resolveVMMOptions(options: unknown): ResolvedVMMOptions {
   return {
     workers: integerOption('workers', input.workers, 1, 256, Math.max(1, cpus)),
     sliceMs: integerOption('sliceMs', input.sliceMs, 1, 60000, 10),
+    poolSize: integerOption('poolSize', input.poolSize, 0, 100000, 32),
   };
 }
 

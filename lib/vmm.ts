@@ -260,13 +260,16 @@ export class VMM {
     }
     const request = this.#nextCall++;
     return new Promise((resolve, reject) => {
+      const before = this.#alive.size + this.#prewarmWaiters.size;
       this.#prewarmWaiters.set(request, { resolve, reject });
       try {
         engine.prewarm(snapshot.native, count, request);
       } catch (err) {
         this.#prewarmWaiters.delete(request);
         reject(VMMError.fromNative(err));
+        return;
       }
+      this.#updateRef(before);
     });
   }
 
@@ -305,13 +308,19 @@ export class VMM {
   }
 
   #setAliveId(id: number, alive: boolean): void {
-    const engine = this.#engine;
-    if (!engine) return;
-    const before = this.#alive.size;
+    const before = this.#alive.size + this.#prewarmWaiters.size;
     if (alive) this.#alive.add(id);
     else this.#alive.delete(id);
-    if (before === 0 && this.#alive.size > 0) engine.ref();
-    if (before > 0 && this.#alive.size === 0) engine.unref();
+    this.#updateRef(before);
+  }
+
+  /** Refs the event loop while a VM runs or a prewarm is pending, as a server would. */
+  #updateRef(before: number): void {
+    const engine = this.#engine;
+    if (!engine) return;
+    const after = this.#alive.size + this.#prewarmWaiters.size;
+    if (before === 0 && after > 0) engine.ref();
+    if (before > 0 && after === 0) engine.unref();
   }
 
   #dispatch(events: NativeEvent[]): void {
@@ -323,7 +332,9 @@ export class VMM {
       }
       if (event.type === 'prewarmed' || event.type === 'prewarmFailed') {
         const waiter = this.#prewarmWaiters.get(event.request);
+        const before = this.#alive.size + this.#prewarmWaiters.size;
         this.#prewarmWaiters.delete(event.request);
+        this.#updateRef(before);
         if (event.type === 'prewarmed') waiter?.resolve();
         else waiter?.reject(VMMError.fromNative(event.error));
         continue;

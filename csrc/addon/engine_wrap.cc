@@ -157,7 +157,7 @@ Napi::Function EngineWrap::define(Napi::Env env) {
                        });
 }
 
-// new NativeEngine({ workers, sliceMs }, onEvents). The TypeScript layer has
+// new NativeEngine({ workers, sliceMs, poolSize }, onEvents). The TypeScript layer has
 // validated the options; these checks only keep bad values out of C++.
 EngineWrap::EngineWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<EngineWrap>(info) {
     Napi::Env env = info.Env();
@@ -169,6 +169,7 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Engine
     EngineOptions engine_options;
     Napi::Value workers = options.Get("workers");
     Napi::Value slice = options.Get("sliceMs");
+    Napi::Value pool = options.Get("poolSize");
     if (workers.IsNumber()) {
         double n = workers.As<Napi::Number>().DoubleValue();
         if (!(n >= 1 && n <= 256)) {
@@ -184,6 +185,14 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Engine
             return;
         }
         engine_options.slice_ms = static_cast<uint64_t>(ms);
+    }
+    if (pool.IsNumber()) {
+        double n = pool.As<Napi::Number>().DoubleValue();
+        if (!(n >= 0 && n <= 100000)) {
+            Napi::RangeError::New(env, "poolSize must be 0-100000").ThrowAsJavaScriptException();
+            return;
+        }
+        engine_options.pool_size = static_cast<unsigned>(n);
     }
 
     std::shared_ptr<KvmSystem> sys;

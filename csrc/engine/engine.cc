@@ -36,6 +36,8 @@ void install_kick_handler() {
 
 }  // namespace
 
+thread_local bool on_worker_thread = false;
+
 uint64_t monotonic_ns() {
     timespec ts{};
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -102,6 +104,7 @@ void Engine::shutdown() {
         machines.swap(machines_);
         run_queue_.clear();
         jobs_.clear();
+        releases_.clear();
         while (!timers_.empty()) {
             timers_.pop();
         }
@@ -411,6 +414,7 @@ void Engine::worker_main(unsigned index) {
     sigaddset(&set, kick_signal());
     pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
 
+    on_worker_thread = true;
     std::unique_lock<std::mutex> lock(mutex_);
     bool spun = false;
     for (;;) {
@@ -418,16 +422,27 @@ void Engine::worker_main(unsigned index) {
             return;
         }
         fire_timers_locked(monotonic_ns());
-        if (run_queue_.empty() && !spun && options_.spin_us > 0) {
+        if (run_queue_.empty() && releases_.empty() && !spun && options_.spin_us > 0) {
             // Poll briefly before sleeping: a call usually follows a reply
             // within microseconds, and waking a sleeping thread costs tens
             // of microseconds on a virtualized host.
             spun = true;
             lock.unlock();
             uint64_t until = monotonic_ns() + options_.spin_us * 1000;
-            while (queue_length_.load(std::memory_order_acquire) == 0 && monotonic_ns() < until) {
+            while (queue_length_.load(std::memory_order_acquire) == 0 &&
+                   releases_pending_.load(std::memory_order_acquire) == 0 && monotonic_ns() < until) {
                 __builtin_ia32_pause();
             }
+            lock.lock();
+            continue;
+        }
+        if (!releases_.empty()) {
+            // Before any VM: a VM about to start may want this context.
+            std::function<void()> release = std::move(releases_.front());
+            releases_.pop_front();
+            releases_pending_.store(releases_.size(), std::memory_order_release);
+            lock.unlock();
+            release();
             lock.lock();
             continue;
         }

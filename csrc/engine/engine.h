@@ -187,9 +187,18 @@ private:
     std::vector<PooledContext> pool_;    // guarded by mutex_
     // Background work the workers run when no VM is queued; guarded by mutex_.
     std::deque<std::function<void()>> jobs_;
+    // Context releases of VMs that ended off a worker (kill, destroy from
+    // JavaScript); workers run them before any VM. Guarded by mutex_.
+    std::deque<std::function<void()>> releases_;
+    // Mirror of releases_.size() for spinning workers; same ordering as
+    // queue_length_.
+    std::atomic<size_t> releases_pending_{0};
     std::unique_ptr<VcpuState> fresh_;   // state of a never-run vCPU, for reuse; guarded by mutex_
 };
 
 uint64_t monotonic_ns();
+
+// True on the engine's worker threads.
+extern thread_local bool on_worker_thread;
 
 }  // namespace vmm

@@ -417,8 +417,26 @@ void Engine::finish(const std::shared_ptr<Machine> &m, ExitInfo info) {
     event.vm_id = m->id;
     event.exit = std::make_shared<const ExitInfo>(std::move(info));
     events_.push(std::move(event));
-    // Outside the engine lock: dropping pages and freeing contexts take time.
-    release_context(*m, std::move(kvm), std::move(memory), crashed);
+    // Outside the engine lock: restoring pages and freeing contexts take
+    // time. Off a worker (a kill or destroy from JavaScript), a worker does
+    // it, so the main thread returns at once.
+    if (on_worker_thread || !kvm) {
+        release_context(*m, std::move(kvm), std::move(memory), crashed);
+        return;
+    }
+    // std::function needs a copyable callable, so the owners travel in a
+    // shared pair.
+    auto parts = std::make_shared<std::pair<std::unique_ptr<KvmContext>, std::unique_ptr<GuestMemory>>>(
+        std::move(kvm), std::move(memory));
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) {
+        return;  // `parts` frees both here
+    }
+    releases_.push_back([this, m, parts, crashed] {
+        release_context(*m, std::move(parts->first), std::move(parts->second), crashed);
+    });
+    releases_pending_.store(releases_.size(), std::memory_order_release);
+    work_cv_.notify_one();
 }
 
 }  // namespace vmm

@@ -127,27 +127,29 @@ ExitInfo exception_info(const Machine &m, const DecodedExit &exit) {
     if (!info.has_regs || !m.kvm->get_sregs(&sregs).ok()) {
         return info;
     }
-    // The stub's rsp points at: vector, error code, rip, cs, rflags, rsp, ss.
-    // It must lie on the supervisor stack; any_range checks it is in RAM.
+    // The stub's rsp points at: rdx, vector, error code, rip, cs, rflags,
+    // rsp, ss. It must lie on the supervisor stack; any_range checks it is
+    // in RAM.
     uint64_t rsp = info.regs.rsp;
-    const uint64_t frame_size = 7 * 8;
+    const uint64_t frame_size = 8 * 8;
     const uint8_t *frame = m.memory->any_range(rsp, frame_size);
     if (rsp < x86::kStackBottom || rsp + frame_size > x86::kStackTop || frame == nullptr) {
         info.message = format("guest exception with a corrupt stub frame (rsp 0x%llx)",
                               static_cast<unsigned long long>(rsp));
         return info;
     }
-    uint64_t words[7];
+    uint64_t words[8];
     std::memcpy(words, frame, sizeof(words));
     info.has_exception = true;
-    info.vector = words[0];
-    info.error_code = words[1];
-    info.rip = words[2];
+    info.vector = words[1];
+    info.error_code = words[2];
+    info.rip = words[3];
     info.cr2 = sregs.cr2;
     // Report the guest's own registers at the fault, not the stub's.
-    info.regs.rip = words[2];
-    info.regs.rflags = words[4];
-    info.regs.rsp = words[5];
+    info.regs.rdx = words[0];
+    info.regs.rip = words[3];
+    info.regs.rflags = words[5];
+    info.regs.rsp = words[6];
     const char *name = x86::vector_name(static_cast<unsigned>(info.vector));
     if (info.vector == 14) {
         info.message = format("guest page fault (%s) at rip 0x%llx accessing 0x%llx, error code 0x%llx",

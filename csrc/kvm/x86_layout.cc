@@ -110,9 +110,11 @@ void build_idt_and_stubs(uint8_t *low) {
         std::memcpy(gate + 8, &off_hi, 4);
     }
 
-    // Common tail: mov $kStubPort, %dx; out %al, %dx; jmp . (never resumed).
+    // Common tail: push %rdx (the port write needs dx, and the crash report
+    // should show the guest's value); mov $kStubPort, %dx; out %al, %dx;
+    // jmp . (never resumed).
     uint8_t *tail = low + kStubs + kStubVectors * kStubSize;
-    const uint8_t code[] = {0x66, 0xBA, kStubPort & 0xFF, kStubPort >> 8, 0xEE, 0xEB, 0xFE};
+    const uint8_t code[] = {0x52, 0x66, 0xBA, kStubPort & 0xFF, kStubPort >> 8, 0xEE, 0xEB, 0xFE};
     std::memcpy(tail, code, sizeof(code));
 }
 

@@ -28,9 +28,9 @@ constexpr uint64_t kSupervisorEnd = 0x10000;
 constexpr unsigned kStubVectors = 32;
 constexpr unsigned kStubSize = 16;
 
-// Every stub pushes its vector and the error code (0 where the CPU pushes
-// none) and writes to this port. The VMM then reads the frame at rsp:
-// vector, error code, rip, cs, rflags, rsp, ss. Guest user code cannot use
+// Every stub pushes the error code (0 where the CPU pushes none), its vector
+// and the guest's rdx, and writes to this port. The VMM then reads the frame
+// at rsp: rdx, vector, error code, rip, cs, rflags, rsp, ss. Guest user code cannot use
 // port I/O (IOPL is 0), so an exit on this port always comes from a stub.
 constexpr uint16_t kStubPort = 0x0510;
 
