@@ -1,5 +1,8 @@
 // Shared test helpers: the /dev/kvm gate and small utilities.
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 
@@ -170,4 +173,89 @@ export async function runToExit(vm: VM): Promise<VMExit> {
   const exited = vm.wait();
   await vm.start();
   return exited;
+}
+
+/** The reply of the counter guest, as csrc/guest/guests/counter.c documents it. */
+export interface CounterReply {
+  id: number;
+  count: number;
+  payload?: string;
+  error?: string;
+}
+
+/** Parses a reply of the counter guest. */
+export function parseCounter(reply: Uint8Array): CounterReply {
+  return JSON.parse(text(reply)) as CounterReply;
+}
+
+/** Creates an empty directory under os.tmpdir(); remove it with removeTempDir(). */
+export function makeTempDir(prefix: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `node-vmm-${prefix}-`));
+}
+
+/** Removes a directory from makeTempDir() with everything in it. */
+export function removeTempDir(dir: string | undefined): void {
+  if (dir !== undefined) fs.rmSync(dir, { recursive: true, force: true });
+}
+
+/** Size of a guest page and of the snapshot file's header, in bytes. */
+export const PAGE_SIZE = 4096;
+
+/**
+ * Byte offsets of the header fields of a snapshot file, from `struct Header`
+ * in csrc/memory/snapshot_file.cc. Integers are little-endian.
+ */
+export const SnapshotHeader = {
+  magic: 0,
+  version: 8,
+  ramSize: 16,
+  flags: 24,
+  parentHash: 32,
+  contentHash: 64,
+  stateOffset: 96,
+  stateSize: 104,
+  indexOffset: 112,
+  indexCount: 120,
+  dataOffset: 128,
+  dataSize: 136,
+  abiVersion: 240,
+  /** Eight u32 words of CPUID feature bits the snapshot's guest may use. */
+  features: 248,
+  /** SHA-256 of bytes [0, 4064) of the header. */
+  headerSha: 4064,
+} as const;
+
+/** Where the sections of a snapshot file lie, read from its header. */
+export interface SnapshotLayout {
+  stateOffset: number;
+  stateSize: number;
+  indexOffset: number;
+  /** Guest page numbers the file stores, in ascending order. */
+  pages: number[];
+  dataOffset: number;
+  dataSize: number;
+}
+
+/** Reads the section offsets and the page index of a snapshot file's bytes. */
+export function readSnapshotLayout(file: Buffer): SnapshotLayout {
+  const u64 = (offset: number): number => Number(file.readBigUInt64LE(offset));
+  const indexOffset = u64(SnapshotHeader.indexOffset);
+  const pages: number[] = [];
+  for (let i = 0; i < u64(SnapshotHeader.indexCount); i++) {
+    pages.push(u64(indexOffset + i * 8));
+  }
+  return {
+    stateOffset: u64(SnapshotHeader.stateOffset),
+    stateSize: u64(SnapshotHeader.stateSize),
+    indexOffset,
+    pages,
+    dataOffset: u64(SnapshotHeader.dataOffset),
+    dataSize: u64(SnapshotHeader.dataSize),
+  };
+}
+
+/** Recomputes the header checksum of snapshot file bytes in place, after a header edit. */
+export function resealSnapshotHeader(file: Buffer): void {
+  const digest = createHash('sha256').update(file.subarray(0, SnapshotHeader.headerSha)).digest();
+  digest.copy(file, SnapshotHeader.headerSha);
 }

@@ -422,10 +422,14 @@ void Engine::worker_main(unsigned index) {
             return;
         }
         fire_timers_locked(monotonic_ns());
-        if (run_queue_.empty() && releases_.empty() && !spun && options_.spin_us > 0) {
+        bool expected = false;
+        if (run_queue_.empty() && releases_.empty() && !spun && options_.spin_us > 0 &&
+            spinning_.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {
             // Poll briefly before sleeping: a call usually follows a reply
             // within microseconds, and waking a sleeping thread costs tens
-            // of microseconds on a virtualized host.
+            // of microseconds on a virtualized host. One worker at a time,
+            // so that idle workers do not take every core from Node's main
+            // thread.
             spun = true;
             lock.unlock();
             uint64_t until = monotonic_ns() + options_.spin_us * 1000;
@@ -433,6 +437,7 @@ void Engine::worker_main(unsigned index) {
                    releases_pending_.load(std::memory_order_acquire) == 0 && monotonic_ns() < until) {
                 __builtin_ia32_pause();
             }
+            spinning_.store(false, std::memory_order_release);
             lock.lock();
             continue;
         }

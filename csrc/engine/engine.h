@@ -31,7 +31,7 @@ namespace vmm {
 struct EngineOptions {
     unsigned workers = 2;
     uint64_t slice_ms = 10;  // time a guest may run while others are queued
-    uint64_t spin_us = 500;  // time an idle worker polls the queue before sleeping
+    uint64_t spin_us = 300;  // time an idle worker polls the queue before sleeping
     unsigned pool_size = 32;  // KVM contexts kept for reuse after their VMs end
 };
 
@@ -193,6 +193,9 @@ private:
     // Mirror of releases_.size() for spinning workers; same ordering as
     // queue_length_.
     std::atomic<size_t> releases_pending_{0};
+    // Set while one idle worker polls the queues (acq_rel on the exchange
+    // that claims it, release when it stops; nothing else depends on it).
+    std::atomic<bool> spinning_{false};
     std::unique_ptr<VcpuState> fresh_;   // state of a never-run vCPU, for reuse; guarded by mutex_
 };
 

@@ -1,0 +1,266 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { assert } from 'chai';
+
+import { VMM } from '../lib/index.js';
+import {
+  PAGE_SIZE,
+  SnapshotHeader,
+  loadGuest,
+  makeTempDir,
+  parseCounter,
+  readSnapshotLayout,
+  rejectionOf,
+  removeTempDir,
+  requireKvm,
+  resealSnapshotHeader,
+} from './helpers.js';
+import type { SnapshotLayout } from './helpers.js';
+
+/** One damaged copy of the pristine snapshot file and the reason its load must give. */
+interface Corruption {
+  name: string;
+  /** Changes the file bytes in place, or returns a shorter copy. */
+  damage(bytes: Buffer, layout: SnapshotLayout): Buffer | void;
+  /** Text the error message must contain. */
+  reason: string;
+}
+
+/**
+ * Writes `bytes` to `file` as a sparse file: pages of zeros become holes,
+ * as they are in a file that Snapshot#save() wrote. The loader reads every
+ * data region of the memory section, so a copy without holes would test
+ * another path than a saved file.
+ */
+function writeSparse(file: string, bytes: Buffer): void {
+  const zeros = Buffer.alloc(PAGE_SIZE);
+  const fd = fs.openSync(file, 'w');
+  try {
+    fs.ftruncateSync(fd, bytes.length);
+    for (let at = 0; at < bytes.length; at += PAGE_SIZE) {
+      const page = bytes.subarray(at, Math.min(at + PAGE_SIZE, bytes.length));
+      if (!page.equals(zeros.subarray(0, page.length))) {
+        fs.writeSync(fd, page, 0, page.length, at);
+      }
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Inverts the bits of the byte at `offset`. */
+function flip(bytes: Buffer, offset: number): void {
+  bytes[offset] ^= 0xff;
+}
+
+/** Returns the first page of guest RAM that the page index does not list. */
+function firstUnlistedPage(layout: SnapshotLayout): number {
+  const listed = new Set(layout.pages);
+  let page = 0;
+  while (listed.has(page)) page++;
+  return page;
+}
+
+/**
+ * Returns a CPUID feature bit (word, bit) that the header does not set. The
+ * header holds the features of the host that saved it, which is this host,
+ * so this host lacks that bit.
+ */
+function absentFeatureBit(bytes: Buffer): { word: number; bit: number } {
+  // Word 6 (leaf 0x80000001 EDX) first: on Intel CPUs its high bits
+  // (3DNow!) are clear.
+  for (const word of [6, 0, 1, 2, 3, 4, 5, 7]) {
+    const value = bytes.readUInt32LE(SnapshotHeader.features + word * 4);
+    for (let bit = 31; bit >= 0; bit--) {
+      if ((value & (1 << bit)) === 0) return { word, bit };
+    }
+  }
+  throw new Error('every CPUID feature bit is set in the header');
+}
+
+const flips: Corruption[] = [
+  { name: 'magic', damage: (b) => flip(b, SnapshotHeader.magic), reason: 'magic' },
+  { name: 'version', damage: (b) => flip(b, SnapshotHeader.version), reason: 'version' },
+  // A header field without a resealed checksum fails the checksum first.
+  { name: 'ram size field', damage: (b) => flip(b, SnapshotHeader.ramSize), reason: 'header checksum' },
+  { name: 'data offset field', damage: (b) => flip(b, SnapshotHeader.dataOffset + 1), reason: 'header checksum' },
+  { name: 'header checksum', damage: (b) => flip(b, SnapshotHeader.headerSha), reason: 'header checksum' },
+  {
+    name: 'vCPU state',
+    damage: (b, l) => flip(b, l.stateOffset + Math.floor(l.stateSize / 2)),
+    reason: 'vCPU state checksum',
+  },
+  { name: 'page index', damage: (b, l) => flip(b, l.indexOffset), reason: 'page index checksum' },
+  {
+    name: 'listed memory page',
+    damage: (b, l) => flip(b, l.dataOffset + l.pages[l.pages.length - 1] * PAGE_SIZE + 100),
+    reason: 'memory checksum',
+  },
+  {
+    name: 'unlisted memory page',
+    damage: (b, l) => flip(b, l.dataOffset + firstUnlistedPage(l) * PAGE_SIZE + 100),
+    reason: 'the page index does not list',
+  },
+];
+
+// Header edits with the checksum recomputed, so that the check behind the
+// checksum is the one that fails.
+const resealed: Corruption[] = [
+  {
+    name: 'unknown version',
+    damage: (b) => {
+      b.writeUInt32LE(2, SnapshotHeader.version);
+      resealSnapshotHeader(b);
+    },
+    reason: 'format version 2 is not supported',
+  },
+  {
+    name: 'CPU feature missing here',
+    damage: (b) => {
+      const { word, bit } = absentFeatureBit(b);
+      const at = SnapshotHeader.features + word * 4;
+      b.writeUInt32LE((b.readUInt32LE(at) | (1 << bit)) >>> 0, at);
+      resealSnapshotHeader(b);
+    },
+    reason: 'CPU features this host lacks',
+  },
+  {
+    name: 'other guest ABI',
+    damage: (b) => {
+      b.writeUInt32LE(b.readUInt32LE(SnapshotHeader.abiVersion) + 1, SnapshotHeader.abiVersion);
+      resealSnapshotHeader(b);
+    },
+    reason: 'guest ABI',
+  },
+  {
+    name: 'unaligned data offset',
+    damage: (b) => {
+      b.writeBigUInt64LE(b.readBigUInt64LE(SnapshotHeader.dataOffset) + 8n, SnapshotHeader.dataOffset);
+      resealSnapshotHeader(b);
+    },
+    reason: 'sizes or offsets are inconsistent',
+  },
+  {
+    name: 'content hash',
+    damage: (b) => {
+      flip(b, SnapshotHeader.contentHash);
+      resealSnapshotHeader(b);
+    },
+    reason: 'content hash',
+  },
+];
+
+/** Cuts the file to `length` bytes; `length` may depend on the layout. */
+function truncation(name: string, length: (bytes: Buffer, layout: SnapshotLayout) => number): Corruption {
+  const header = length(Buffer.alloc(0), {} as SnapshotLayout) < PAGE_SIZE;
+  return {
+    name: `truncated at ${name}`,
+    damage: (b, l) => b.subarray(0, length(b, l)),
+    reason: header ? 'shorter than its 4096-byte header' : 'truncated',
+  };
+}
+
+const truncations: Corruption[] = [
+  truncation('0', () => 0),
+  truncation('100', () => 100),
+  truncation('4095', () => PAGE_SIZE - 1),
+  truncation('4096', () => PAGE_SIZE),
+  truncation('the middle of the vCPU state', (_b, l) => l.stateOffset + Math.floor(l.stateSize / 2)),
+  truncation('the middle of the memory', (_b, l) => l.dataOffset + Math.floor(l.dataSize / 2)),
+  truncation('size - 1', (b) => b.length - 1),
+];
+
+describe('corrupted snapshot file', function () {
+  let dir: string;
+  let pristineFile: string;
+  let pristine: Buffer;
+  let layout: SnapshotLayout;
+  let vmm: VMM;
+
+  before(async function () {
+    requireKvm(this);
+    dir = makeTempDir('snapshot-corrupt');
+    pristineFile = path.join(dir, 'pristine.snap');
+    const setup = new VMM();
+    try {
+      const vm = setup.createVM({ image: await loadGuest(setup, 'counter') });
+      await vm.start();
+      await vm.call('one');
+      await (await vm.snapshot()).save(pristineFile);
+    } finally {
+      await setup.close();
+    }
+    pristine = fs.readFileSync(pristineFile);
+    layout = readSnapshotLayout(pristine);
+  });
+
+  after(function () {
+    removeTempDir(dir);
+  });
+
+  beforeEach(function () {
+    vmm = new VMM();
+  });
+
+  afterEach(async function () {
+    await vmm?.close();
+  });
+
+  it('has the layout the cases assume', function () {
+    // The cases damage regions by these offsets; check the regions exist.
+    assert.strictEqual(pristine.subarray(0, 8).toString('latin1'), 'NVMMSNAP');
+    assert.strictEqual(layout.stateOffset, PAGE_SIZE);
+    assert.isAbove(layout.stateSize, 1);
+    assert.isAtLeast(layout.indexOffset, layout.stateOffset + layout.stateSize);
+    assert.strictEqual(layout.indexOffset % PAGE_SIZE, 0);
+    assert.isNotEmpty(layout.pages);
+    assert.strictEqual(layout.dataOffset % PAGE_SIZE, 0);
+    assert.isBelow(firstUnlistedPage(layout) * PAGE_SIZE, layout.dataSize);
+    assert.strictEqual(pristine.length, layout.dataOffset + layout.dataSize);
+  });
+
+  for (const group of [
+    { title: 'one flipped byte', cases: flips },
+    { title: 'a resealed header', cases: resealed },
+    { title: 'truncation', cases: truncations },
+  ]) {
+    describe(group.title, function () {
+      for (const corruption of group.cases) {
+        it(`rejects ${corruption.name}`, async function () {
+          const bytes = Buffer.from(pristine);
+          const damaged = corruption.damage(bytes, layout) ?? bytes;
+          const file = path.join(dir, `${corruption.name.replace(/\W+/g, '-')}.snap`);
+          writeSparse(file, damaged);
+
+          const err = await rejectionOf(vmm.loadSnapshot(file));
+
+          assert.strictEqual(err.code, 'ERR_SNAPSHOT_INVALID', err.message);
+          assert.include(err.message, corruption.reason);
+          assert.include(err.message, file, 'the message names the file');
+        });
+      }
+    });
+  }
+
+  it('still loads the pristine file', async function () {
+    const snapshot = await vmm.loadSnapshot(pristineFile);
+    const clone = vmm.createVM({ snapshot });
+    await clone.start();
+
+    const reply = parseCounter(await clone.call('two'));
+
+    assert.strictEqual(reply.count, 2);
+  });
+
+  it('loads a sparse copy of the file', async function () {
+    // writeSparse() is how every case above writes its copy, so an
+    // undamaged copy must load.
+    const file = path.join(dir, 'copy.snap');
+    writeSparse(file, pristine);
+
+    const snapshot = await vmm.loadSnapshot(file);
+
+    assert.isFalse(snapshot.hasParent);
+  });
+});

@@ -1,0 +1,325 @@
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+
+import { assert } from 'chai';
+
+import { VMM } from '../lib/index.js';
+import type { Image, Snapshot, VM } from '../lib/index.js';
+import {
+  PAGE_SIZE,
+  loadGuest,
+  makeTempDir,
+  parseCounter,
+  readSnapshotLayout,
+  rejectionOf,
+  removeTempDir,
+  requireKvm,
+  text,
+} from './helpers.js';
+
+const execFileAsync = promisify(execFile);
+
+// The compiled package entry point, for a child process to require.
+const PACKAGE_ENTRY = path.resolve(__dirname, '../lib/index.js');
+
+/** Bytes the file system allocated for a file: a sparse file counts only its data. */
+function allocatedBytes(file: string): number {
+  return fs.statSync(file).blocks * 512;
+}
+
+/**
+ * Returns the guest page numbers whose bytes in the memory section of
+ * snapshot file `bytes` contain `needle`. A match across a page boundary
+ * counts for the page it starts in.
+ */
+function pagesContaining(bytes: Buffer, needle: string): number[] {
+  const { dataOffset, dataSize } = readSnapshotLayout(bytes);
+  const memory = bytes.subarray(dataOffset, dataOffset + dataSize);
+  const pages: number[] = [];
+  for (let at = memory.indexOf(needle); at >= 0; at = memory.indexOf(needle, at + 1)) {
+    pages.push(Math.floor(at / PAGE_SIZE));
+  }
+  return pages;
+}
+
+describe('snapshot files', function () {
+  let vmm: VMM;
+  let counterImage: Image;
+  let dir: string;
+
+  before(function () {
+    requireKvm(this);
+    dir = makeTempDir('snapshot-file');
+  });
+
+  after(function () {
+    removeTempDir(dir);
+  });
+
+  beforeEach(async function () {
+    vmm = new VMM();
+    counterImage = await loadGuest(vmm, 'counter');
+  });
+
+  afterEach(async function () {
+    await vmm?.close();
+  });
+
+  /** Starts a counter VM and serves `calls` calls on it. */
+  async function counterAfter(calls: number): Promise<VM> {
+    const vm = vmm.createVM({ image: counterImage });
+    await vm.start();
+    for (let i = 1; i <= calls; i++) {
+      await vm.call(`call ${i}`);
+    }
+    return vm;
+  }
+
+  async function startClone(snapshot: Snapshot): Promise<VM> {
+    const clone = vmm.createVM({ snapshot });
+    await clone.start();
+    return clone;
+  }
+
+  describe('save and load', function () {
+    it('keeps the hash and sizes', async function () {
+      const snapshot = await (await counterAfter(2)).snapshot();
+      const file = path.join(dir, 'roundtrip.snap');
+      await snapshot.save(file);
+
+      const loaded = await vmm.loadSnapshot(file);
+
+      assert.strictEqual(loaded.hash, snapshot.hash);
+      assert.strictEqual(loaded.memory, snapshot.memory);
+      assert.strictEqual(loaded.memoryBytes, snapshot.memoryBytes);
+      assert.isFalse(loaded.hasParent);
+    });
+
+    it('continues the count from a file', async function () {
+      const file = path.join(dir, 'count.snap');
+      await (await counterAfter(2)).snapshot().then((snapshot) => snapshot.save(file));
+      const clone = await startClone(await vmm.loadSnapshot(file));
+
+      const reply = parseCounter(await clone.call('third'));
+
+      assert.strictEqual(reply.count, 3);
+      assert.strictEqual(reply.id, clone.id);
+    });
+
+    it('loads a file from another process', async function () {
+      // The child saves a counter after two calls and prints the snapshot's
+      // hash; this process has never seen the snapshot in memory.
+      const file = path.join(dir, 'child.snap');
+      const script = `
+        const { VMM, bundledGuest } = require(${JSON.stringify(PACKAGE_ENTRY)});
+        (async () => {
+          const vmm = new VMM();
+          const image = await vmm.loadImage(bundledGuest('counter'));
+          const vm = vmm.createVM({ image });
+          await vm.start();
+          await vm.call('one');
+          await vm.call('two');
+          const snapshot = await vm.snapshot();
+          await snapshot.save(process.argv[1]);
+          process.stdout.write(snapshot.hash);
+          await vmm.close();
+        })().catch((err) => {
+          console.error(err);
+          process.exitCode = 1;
+        });
+      `;
+      const child = await execFileAsync(process.execPath, ['-e', script, file], { timeout: 30000 });
+
+      const loaded = await vmm.loadSnapshot(file);
+      const clone = await startClone(loaded);
+      const reply = parseCounter(await clone.call('three'));
+
+      assert.strictEqual(loaded.hash, child.stdout, 'hash of the snapshot the child saved');
+      assert.strictEqual(reply.count, 3);
+      assert.strictEqual(reply.payload, 'three');
+      assert.strictEqual(reply.id, clone.id);
+    });
+
+    it('rejects a missing file', async function () {
+      const file = path.join(dir, 'missing.snap');
+
+      const err = await rejectionOf(vmm.loadSnapshot(file));
+
+      assert.strictEqual(err.code, 'ERR_SNAPSHOT_READ');
+      assert.include(err.message, file);
+    });
+
+    it('rejects saving into a missing directory', async function () {
+      const snapshot = await (await counterAfter(1)).snapshot();
+      const file = path.join(dir, 'no-such-directory', 'x.snap');
+
+      const err = await rejectionOf(snapshot.save(file));
+
+      assert.strictEqual(err.code, 'ERR_SNAPSHOT_WRITE');
+      assert.include(err.message, file);
+    });
+  });
+
+  // The message a call sends is written into the guest's request buffer by
+  // the VMM, in the wait hypercall, and never by the guest. Such a page
+  // changes behind KVM's back, so a snapshot that took only the pages the
+  // guest wrote would keep the buffer's old content. The payloads contain a
+  // quote and a newline, which the counter escapes in its reply, so the raw
+  // payload bytes exist only where the VMM put them.
+  describe('page written by the VMM', function () {
+    it('is saved in a full snapshot', async function () {
+      const payload = 'written "by the VMM"\nfull-1f3a';
+      const vm = vmm.createVM({ image: counterImage });
+      await vm.start();
+      const reply = text(await vm.call(payload));
+      const file = path.join(dir, 'vmm-page-full.snap');
+      await (await vm.snapshot()).save(file);
+      const bytes = fs.readFileSync(file);
+
+      const found = pagesContaining(bytes, payload);
+
+      assert.notInclude(reply, payload, 'the guest must not have written the raw payload itself');
+      assert.isNotEmpty(found, 'raw payload in the memory section');
+      found.forEach((page) => {
+        assert.include(readSnapshotLayout(bytes).pages, page, `page ${page} is listed in the page index`);
+      });
+    });
+
+    it('is saved in a diff snapshot', async function () {
+      const payload = 'written "by the VMM"\ndiff-7c2e';
+      const parent = await (await counterAfter(1)).snapshot();
+      const clone = await startClone(parent);
+      const reply = text(await clone.call(payload));
+      const file = path.join(dir, 'vmm-page-diff.snap');
+      await (await clone.snapshot()).save(file);
+      const bytes = fs.readFileSync(file);
+
+      const found = pagesContaining(bytes, payload);
+
+      assert.notInclude(reply, payload, 'the guest must not have written the raw payload itself');
+      assert.isNotEmpty(found, 'raw payload in the diff file');
+      found.forEach((page) => {
+        assert.include(readSnapshotLayout(bytes).pages, page, `page ${page} is listed in the page index`);
+      });
+    });
+  });
+
+  describe('diff snapshot', function () {
+    it('marks a snapshot of a clone', async function () {
+      const parent = await (await counterAfter(1)).snapshot();
+      const clone = await startClone(parent);
+      await clone.call('in the clone');
+
+      const child = await clone.snapshot();
+
+      assert.isFalse(parent.hasParent);
+      assert.strictEqual(parent.diffBytes, parent.memoryBytes, 'a snapshot without parent is all difference');
+      assert.isTrue(child.hasParent);
+      assert.isAbove(child.diffBytes, 0);
+      assert.isBelow(child.diffBytes, child.memoryBytes);
+    });
+
+    it('stores only the changed pages', async function () {
+      // test-share maps a 4 MiB array that the clone reads and never
+      // writes, so the parent holds over 4 MiB and the diff a few pages.
+      const image = await loadGuest(vmm, 'test-share');
+      const vm = vmm.createVM({ image });
+      await vm.start();
+      const expected = text(await vm.call('checksum'));
+      const parent = await vm.snapshot();
+      const clone = await startClone(parent);
+      const cloneReply = text(await clone.call('checksum'));
+      const child = await clone.snapshot();
+      const parentFile = path.join(dir, 'share-parent.snap');
+      const childFile = path.join(dir, 'share-child.snap');
+      await parent.save(parentFile);
+      await child.save(childFile);
+
+      assert.strictEqual(cloneReply, expected);
+      assert.isAtLeast(parent.memoryBytes, 4 * 1024 * 1024);
+      assert.isAtMost(child.diffBytes, child.memoryBytes / 16, `diff of ${child.diffBytes} bytes`);
+      assert.isAtMost(
+        allocatedBytes(childFile),
+        allocatedBytes(parentFile) / 16,
+        `child file allocates ${allocatedBytes(childFile)} bytes, parent ${allocatedBytes(parentFile)}`,
+      );
+    });
+
+    it('rejects loading without parent', async function () {
+      const parent = await (await counterAfter(1)).snapshot();
+      const clone = await startClone(parent);
+      await clone.call('in the clone');
+      const file = path.join(dir, 'orphan.snap');
+      await (await clone.snapshot()).save(file);
+
+      const err = await rejectionOf(vmm.loadSnapshot(file));
+
+      assert.strictEqual(err.code, 'ERR_SNAPSHOT_INVALID');
+      assert.include(err.message, 'parent');
+    });
+
+    it('rejects the wrong parent', async function () {
+      const parent = await (await counterAfter(1)).snapshot();
+      const other = await (await counterAfter(1)).snapshot();
+      const clone = await startClone(parent);
+      await clone.call('in the clone');
+      const file = path.join(dir, 'wrong-parent.snap');
+      await (await clone.snapshot()).save(file);
+
+      const err = await rejectionOf(vmm.loadSnapshot(file, { parent: other }));
+
+      assert.notStrictEqual(other.hash, parent.hash);
+      assert.strictEqual(err.code, 'ERR_SNAPSHOT_INVALID');
+      assert.include(err.message, parent.hash, 'names the parent the file needs');
+      assert.include(err.message, other.hash, 'names the parent it was given');
+    });
+
+    it('loads with its parent', async function () {
+      const parentFile = path.join(dir, 'counter-parent.snap');
+      const childFile = path.join(dir, 'counter-child.snap');
+      const parent = await (await counterAfter(1)).snapshot();
+      await parent.save(parentFile);
+      const clone = await startClone(parent);
+      await clone.call('clone 1');
+      await clone.call('clone 2');
+      const child = await clone.snapshot();
+      await child.save(childFile);
+
+      const loadedParent = await vmm.loadSnapshot(parentFile);
+      const loadedChild = await vmm.loadSnapshot(childFile, { parent: loadedParent });
+      const fromChild = await startClone(loadedChild);
+      const reply = parseCounter(await fromChild.call('after load'));
+
+      assert.isTrue(loadedChild.hasParent);
+      assert.strictEqual(loadedChild.hash, child.hash);
+      assert.strictEqual(reply.count, 4);
+      assert.strictEqual(reply.id, fromChild.id);
+    });
+
+    it('loads a chain of two diffs', async function () {
+      const rootFile = path.join(dir, 'chain-root.snap');
+      const middleFile = path.join(dir, 'chain-middle.snap');
+      const leafFile = path.join(dir, 'chain-leaf.snap');
+      const root = await (await counterAfter(1)).snapshot();
+      await root.save(rootFile);
+      const middleVM = await startClone(root);
+      await middleVM.call('middle');
+      const middle = await middleVM.snapshot();
+      await middle.save(middleFile);
+      const leafVM = await startClone(middle);
+      await leafVM.call('leaf');
+      await (await leafVM.snapshot()).save(leafFile);
+
+      const loadedRoot = await vmm.loadSnapshot(rootFile);
+      const loadedMiddle = await vmm.loadSnapshot(middleFile, { parent: loadedRoot });
+      const loadedLeaf = await vmm.loadSnapshot(leafFile, { parent: loadedMiddle });
+      const clone = await startClone(loadedLeaf);
+      const reply = parseCounter(await clone.call('after load'));
+
+      assert.strictEqual(reply.count, 4);
+      assert.strictEqual(reply.id, clone.id);
+    });
+  });
+});
