@@ -12,6 +12,7 @@
         "csrc/addon/testing.cc",
         "csrc/common/sha256.cc",
         "csrc/common/status.cc",
+        "csrc/devices/balloon.cc",
         "csrc/devices/hypercalls.cc",
         "csrc/engine/engine.cc",
         "csrc/engine/lifecycle.cc",

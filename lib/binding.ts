@@ -66,6 +66,14 @@ export interface NativeSnapshot {
   hash(): string;
 }
 
+export interface NativeBalloonStats {
+  targetBytes: number;
+  actualBytes: number;
+  reclaimedBytes: number;
+  reportedFreeBytes: number;
+  invalidFrames: number;
+}
+
 export interface NativeEngineStats {
   vms: number;
   created: number;
@@ -83,6 +91,8 @@ export interface NativeEngine {
   snapshot(vm: number, request: number): void;
   engineStats(): NativeEngineStats;
   prewarm(snapshot: NativeSnapshot, count: number, request: number): void;
+  setBalloon(vm: number, pages: number): void;
+  balloonStats(vm: number): NativeBalloonStats;
   start(vm: number): void;
   call(vm: number, call: number, payload: Uint8Array): void;
   kill(vm: number): void;

@@ -24,7 +24,8 @@ export type VMMErrorCode =
   | 'ERR_KVM_STATE'
   | 'ERR_SNAPSHOT_INVALID'
   | 'ERR_SNAPSHOT_READ'
-  | 'ERR_SNAPSHOT_WRITE';
+  | 'ERR_SNAPSHOT_WRITE'
+  | 'ERR_BALLOON_TARGET';
 
 /**
  * The one error class of the engine. `code` says what failed; `errno` and

@@ -1,6 +1,6 @@
 export { VMM } from './vmm';
 export { VM } from './vm';
-export type { VMExit, VMState, VMStats, VMEvents, VMMemoryStats } from './vm';
+export type { VMExit, VMState, VMStats, VMEvents, VMMemoryStats, VMBalloonStats } from './vm';
 export { Snapshot } from './snapshot';
 export type { VMMStats } from './vmm';
 export { Image } from './image';

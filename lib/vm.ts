@@ -55,6 +55,20 @@ export interface VMMemoryStats {
   sharedBytes: number;
 }
 
+/** Balloon figures of one VM, from {@link VM.balloonStats}. */
+export interface VMBalloonStats {
+  /** Bytes the host asked the guest to hand back. */
+  target: number;
+  /** Bytes the guest has handed back (pages in the balloon), at most guest RAM. */
+  actual: number;
+  /** Private host memory freed by the balloon and by free page reports, in bytes. */
+  reclaimed: number;
+  /** Bytes the guest reported free on its own (free page reporting). */
+  reportedFree: number;
+  /** Frames the guest reported outside guest RAM or in the reserved area, ignored. */
+  invalidFrames: number;
+}
+
 /** Events of {@link VM}. */
 export interface VMEvents {
   /** Console text written by the guest, decoded as UTF-8. */
@@ -115,11 +129,15 @@ export class VM extends EventEmitter<VMEvents> {
   #snapshots = 0;
   #started = false;
 
+  /** Guest RAM size in bytes. */
+  readonly memory: number;
+
   /** @internal */
-  constructor(id: number, host: VMHost) {
+  constructor(id: number, host: VMHost, memory: number) {
     super();
     this.id = id;
     this.#host = host;
+    this.memory = memory;
   }
 
   /** Current lifecycle state. */
@@ -248,6 +266,60 @@ export class VM extends EventEmitter<VMEvents> {
   memoryStats(): VMMemoryStats {
     const { privateBytes, sharedBytes } = this.stats();
     return { privateBytes, sharedBytes };
+  }
+
+  /**
+   * Sets how much guest memory the guest should hand back to the host. A
+   * guest built with the bundled runtime takes free pages from its
+   * allocator (never pages in use) and reports them; the host drops them,
+   * so each falls back to its image or snapshot page, or to zero. A lower
+   * target returns pages to the guest. The guest acts when it next waits
+   * for a message; follow progress with {@link VM.balloonStats}.
+   *
+   * @param bytes - target in bytes, rounded down to whole 4 KiB pages
+   * @throws RangeError with code `ERR_BALLOON_TARGET` for a target below
+   *   zero, above guest RAM or not an integer; VMMError `ERR_VM_EXITED`,
+   *   `ERR_VM_DESTROYED`
+   * @example
+   * ```ts
+   * vm.setBalloon(64 * 1024 * 1024);
+   * ```
+   */
+  setBalloon(bytes: number): void {
+    if (typeof bytes !== 'number') throw invalidType('bytes', 'a number', bytes);
+    const ram = this.memory;
+    if (!Number.isSafeInteger(bytes) || bytes < 0 || bytes > ram) {
+      const err = outOfRange('bytes', `an integer from 0 to the guest RAM size (${ram})`, bytes);
+      (err as RangeError & { code: string }).code = 'ERR_BALLOON_TARGET';
+      throw err;
+    }
+    if (this.#destroyed) throw this.#destroyedError();
+    try {
+      this.#host.engine().setBalloon(this.id, Math.floor(bytes / 4096));
+    } catch (err) {
+      throw VMMError.fromNative(err);
+    }
+  }
+
+  /**
+   * Reads the balloon's target, actual size and the host memory it freed.
+   *
+   * @throws VMMError `ERR_VM_DESTROYED`
+   */
+  balloonStats(): VMBalloonStats {
+    if (this.#destroyed) throw this.#destroyedError();
+    try {
+      const s = this.#host.engine().balloonStats(this.id);
+      return {
+        target: s.targetBytes,
+        actual: s.actualBytes,
+        reclaimed: s.reclaimedBytes,
+        reportedFree: s.reportedFreeBytes,
+        invalidFrames: s.invalidFrames,
+      };
+    } catch (err) {
+      throw VMMError.fromNative(err);
+    }
   }
 
   /**

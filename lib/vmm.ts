@@ -223,7 +223,8 @@ export class VMM {
     } catch (err) {
       throw VMMError.fromNative(err);
     }
-    const vm = new VM(id, this.#host);
+    const memory = 'snapshot' in resolved ? resolved.snapshot.memory : resolved.memory;
+    const vm = new VM(id, this.#host, memory);
     this.#vms.set(id, new WeakRef(vm));
     this.#finalizer.register(vm, id, vm);
     return vm;

@@ -188,7 +188,7 @@ export function parseCounter(reply: Uint8Array): CounterReply {
   return JSON.parse(text(reply)) as CounterReply;
 }
 
-/** Creates an empty directory under os.tmpdir(); remove it with removeTempDir(). */
+/** Creates an empty directory under os.tmpdir(). Remove it with removeTempDir(). */
 export function makeTempDir(prefix: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `node-vmm-${prefix}-`));
 }
@@ -221,6 +221,8 @@ export const SnapshotHeader = {
   abiVersion: 240,
   /** Eight u32 words of CPUID feature bits the snapshot's guest may use. */
   features: 248,
+  /** Guest address of the message buffer of the wait the guest was blocked in. */
+  waitBuffer: 296,
   /** SHA-256 of bytes [0, 4064) of the header. */
   headerSha: 4064,
 } as const;

@@ -64,7 +64,7 @@ function firstUnlistedPage(layout: SnapshotLayout): number {
 
 /**
  * Returns a CPUID feature bit (word, bit) that the header does not set. The
- * header holds the features of the host that saved it, which is this host,
+ * header lists the features of the host that saved it, which is this host,
  * so this host lacks that bit.
  */
 function absentFeatureBit(bytes: Buffer): { word: number; bit: number } {
@@ -85,6 +85,7 @@ const flips: Corruption[] = [
   // A header field without a resealed checksum fails the checksum first.
   { name: 'ram size field', damage: (b) => flip(b, SnapshotHeader.ramSize), reason: 'header checksum' },
   { name: 'data offset field', damage: (b) => flip(b, SnapshotHeader.dataOffset + 1), reason: 'header checksum' },
+  { name: 'header padding', damage: (b) => flip(b, 2048), reason: 'header checksum' },
   { name: 'header checksum', damage: (b) => flip(b, SnapshotHeader.headerSha), reason: 'header checksum' },
   {
     name: 'vCPU state',
@@ -151,24 +152,21 @@ const resealed: Corruption[] = [
   },
 ];
 
-/** Cuts the file to `length` bytes; `length` may depend on the layout. */
-function truncation(name: string, length: (bytes: Buffer, layout: SnapshotLayout) => number): Corruption {
-  const header = length(Buffer.alloc(0), {} as SnapshotLayout) < PAGE_SIZE;
-  return {
-    name: `truncated at ${name}`,
-    damage: (b, l) => b.subarray(0, length(b, l)),
-    reason: header ? 'shorter than its 4096-byte header' : 'truncated',
-  };
+/** Cuts the file to the length `cut` returns. */
+function truncation(name: string, cut: (bytes: Buffer, layout: SnapshotLayout) => number, reason: string): Corruption {
+  return { name: `truncated at ${name}`, damage: (b, l) => b.subarray(0, cut(b, l)), reason };
 }
 
+const SHORT_HEADER = 'shorter than its 4096-byte header';
+
 const truncations: Corruption[] = [
-  truncation('0', () => 0),
-  truncation('100', () => 100),
-  truncation('4095', () => PAGE_SIZE - 1),
-  truncation('4096', () => PAGE_SIZE),
-  truncation('the middle of the vCPU state', (_b, l) => l.stateOffset + Math.floor(l.stateSize / 2)),
-  truncation('the middle of the memory', (_b, l) => l.dataOffset + Math.floor(l.dataSize / 2)),
-  truncation('size - 1', (b) => b.length - 1),
+  truncation('0', () => 0, SHORT_HEADER),
+  truncation('100', () => 100, SHORT_HEADER),
+  truncation('4095', () => PAGE_SIZE - 1, SHORT_HEADER),
+  truncation('4096', () => PAGE_SIZE, 'truncated'),
+  truncation('the middle of the vCPU state', (_b, l) => l.stateOffset + Math.floor(l.stateSize / 2), 'truncated'),
+  truncation('the middle of the memory', (_b, l) => l.dataOffset + Math.floor(l.dataSize / 2), 'truncated'),
+  truncation('size - 1', (b) => b.length - 1, 'truncated'),
 ];
 
 describe('corrupted snapshot file', function () {
@@ -208,7 +206,7 @@ describe('corrupted snapshot file', function () {
   });
 
   it('has the layout the cases assume', function () {
-    // The cases damage regions by these offsets; check the regions exist.
+    // The cases damage regions at these offsets, so check that the regions exist.
     assert.strictEqual(pristine.subarray(0, 8).toString('latin1'), 'NVMMSNAP');
     assert.strictEqual(layout.stateOffset, PAGE_SIZE);
     assert.isAbove(layout.stateSize, 1);

@@ -9,6 +9,7 @@ import { VMM } from '../lib/index.js';
 import type { Image, Snapshot, VM } from '../lib/index.js';
 import {
   PAGE_SIZE,
+  SnapshotHeader,
   loadGuest,
   makeTempDir,
   parseCounter,
@@ -110,7 +111,7 @@ describe('snapshot files', function () {
 
     it('loads a file from another process', async function () {
       // The child saves a counter after two calls and prints the snapshot's
-      // hash; this process has never seen the snapshot in memory.
+      // hash. This process never had the snapshot in memory.
       const file = path.join(dir, 'child.snap');
       const script = `
         const { VMM, bundledGuest } = require(${JSON.stringify(PACKAGE_ENTRY)});
@@ -163,46 +164,52 @@ describe('snapshot files', function () {
   });
 
   // The message a call sends is written into the guest's request buffer by
-  // the VMM, in the wait hypercall, and never by the guest. Such a page
-  // changes behind KVM's back, so a snapshot that took only the pages the
-  // guest wrote would keep the buffer's old content. The payloads contain a
-  // quote and a newline, which the counter escapes in its reply, so the raw
-  // payload bytes exist only where the VMM put them.
+  // the VMM, in the wait hypercall. The guest never writes that buffer, so
+  // its pages after the first (which may share a heap header with other
+  // data) are written by the VMM only, behind KVM's back. The marker sits
+  // in such a page. It contains a quote and a newline, which the counter
+  // escapes in its reply, so its raw bytes exist only where the VMM put them.
   describe('page written by the VMM', function () {
+    /** A payload whose marker starts more than a page into the request buffer. */
+    function payloadWith(marker: string): string {
+      return 'a'.repeat(PAGE_SIZE + 1000) + marker;
+    }
+
+    /** Checks that `marker` is in the saved file, in listed pages inside the request buffer. */
+    function assertVMMPageSaved(bytes: Buffer, marker: string): void {
+      const layout = readSnapshotLayout(bytes);
+      const bufferPage = Math.floor(Number(bytes.readBigUInt64LE(SnapshotHeader.waitBuffer)) / PAGE_SIZE);
+      const found = pagesContaining(bytes, marker);
+
+      assert.isNotEmpty(found, 'raw marker in the memory section');
+      found.forEach((page) => {
+        assert.isAbove(page, bufferPage, `page ${page} lies past the first page of the request buffer`);
+        assert.include(layout.pages, page, `page ${page} is listed in the page index`);
+      });
+    }
+
     it('is saved in a full snapshot', async function () {
-      const payload = 'written "by the VMM"\nfull-1f3a';
+      const marker = 'written "by the VMM"\nfull-1f3a';
       const vm = vmm.createVM({ image: counterImage });
       await vm.start();
-      const reply = text(await vm.call(payload));
+      const reply = text(await vm.call(payloadWith(marker)));
       const file = path.join(dir, 'vmm-page-full.snap');
       await (await vm.snapshot()).save(file);
-      const bytes = fs.readFileSync(file);
 
-      const found = pagesContaining(bytes, payload);
-
-      assert.notInclude(reply, payload, 'the guest must not have written the raw payload itself');
-      assert.isNotEmpty(found, 'raw payload in the memory section');
-      found.forEach((page) => {
-        assert.include(readSnapshotLayout(bytes).pages, page, `page ${page} is listed in the page index`);
-      });
+      assert.notInclude(reply, marker, 'the guest must not write the raw marker itself');
+      assertVMMPageSaved(fs.readFileSync(file), marker);
     });
 
     it('is saved in a diff snapshot', async function () {
-      const payload = 'written "by the VMM"\ndiff-7c2e';
+      const marker = 'written "by the VMM"\ndiff-7c2e';
       const parent = await (await counterAfter(1)).snapshot();
       const clone = await startClone(parent);
-      const reply = text(await clone.call(payload));
+      const reply = text(await clone.call(payloadWith(marker)));
       const file = path.join(dir, 'vmm-page-diff.snap');
       await (await clone.snapshot()).save(file);
-      const bytes = fs.readFileSync(file);
 
-      const found = pagesContaining(bytes, payload);
-
-      assert.notInclude(reply, payload, 'the guest must not have written the raw payload itself');
-      assert.isNotEmpty(found, 'raw payload in the diff file');
-      found.forEach((page) => {
-        assert.include(readSnapshotLayout(bytes).pages, page, `page ${page} is listed in the page index`);
-      });
+      assert.notInclude(reply, marker, 'the guest must not write the raw marker itself');
+      assertVMMPageSaved(fs.readFileSync(file), marker);
     });
   });
 
@@ -223,7 +230,7 @@ describe('snapshot files', function () {
 
     it('stores only the changed pages', async function () {
       // test-share maps a 4 MiB array that the clone reads and never
-      // writes, so the parent holds over 4 MiB and the diff a few pages.
+      // writes, so the parent contains over 4 MiB and the diff a few pages.
       const image = await loadGuest(vmm, 'test-share');
       const vm = vmm.createVM({ image });
       await vm.start();

@@ -145,6 +145,8 @@ Napi::Function EngineWrap::define(Napi::Env env) {
                            InstanceMethod<&EngineWrap::snapshot>("snapshot"),
                            InstanceMethod<&EngineWrap::engine_stats>("engineStats"),
                            InstanceMethod<&EngineWrap::prewarm>("prewarm"),
+                           InstanceMethod<&EngineWrap::set_balloon>("setBalloon"),
+                           InstanceMethod<&EngineWrap::balloon_stats>("balloonStats"),
                            InstanceMethod<&EngineWrap::start>("start"),
                            InstanceMethod<&EngineWrap::call>("call"),
                            InstanceMethod<&EngineWrap::kill>("kill"),
@@ -329,6 +331,40 @@ Napi::Value EngineWrap::prewarm(const Napi::CallbackInfo &info) {
         to_js_error(env, status).ThrowAsJavaScriptException();
     }
     return env.Undefined();
+}
+
+Napi::Value EngineWrap::set_balloon(const Napi::CallbackInfo &info) {
+    uint64_t id;
+    uint64_t pages;
+    if (!get_id(info, 0, &id) || !get_id(info, 1, &pages)) {
+        return info.Env().Undefined();
+    }
+    Status status = engine_->set_balloon(id, pages);
+    if (!status.ok()) {
+        to_js_error(info.Env(), status).ThrowAsJavaScriptException();
+    }
+    return info.Env().Undefined();
+}
+
+Napi::Value EngineWrap::balloon_stats(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    uint64_t id;
+    if (!get_id(info, 0, &id)) {
+        return env.Undefined();
+    }
+    BalloonStats stats;
+    Status status = engine_->balloon_stats(id, &stats);
+    if (!status.ok()) {
+        to_js_error(env, status).ThrowAsJavaScriptException();
+        return env.Undefined();
+    }
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("targetBytes", static_cast<double>(stats.target_bytes));
+    out.Set("actualBytes", static_cast<double>(stats.actual_bytes));
+    out.Set("reclaimedBytes", static_cast<double>(stats.reclaimed_bytes));
+    out.Set("reportedFreeBytes", static_cast<double>(stats.reported_free_bytes));
+    out.Set("invalidFrames", static_cast<double>(stats.invalid_frames));
+    return out;
 }
 
 Napi::Value EngineWrap::engine_stats(const Napi::CallbackInfo &info) {

@@ -22,6 +22,8 @@ private:
     Napi::Value snapshot(const Napi::CallbackInfo &info);
     Napi::Value engine_stats(const Napi::CallbackInfo &info);
     Napi::Value prewarm(const Napi::CallbackInfo &info);
+    Napi::Value set_balloon(const Napi::CallbackInfo &info);
+    Napi::Value balloon_stats(const Napi::CallbackInfo &info);
     Napi::Value start(const Napi::CallbackInfo &info);
     Napi::Value call(const Napi::CallbackInfo &info);
     Napi::Value kill(const Napi::CallbackInfo &info);

@@ -139,6 +139,36 @@ HypercallResult handle_hypercall(Machine &m, uint64_t block_gpa, HypercallHost &
     case VMM_HC_RANDOM:
         ret = do_random(memory, call.args[0], call.args[1]);
         break;
+    case VMM_HC_BALLOON_TARGET:
+        ret = static_cast<int64_t>(m.balloon.target());
+        break;
+    case VMM_HC_BALLOON_INFLATE:
+    case VMM_HC_BALLOON_DEFLATE: {
+        const uint64_t count = call.args[1];
+        if (count > VMM_BALLOON_BATCH) {
+            ret = -VMM_EINVAL;
+            break;
+        }
+        // count <= VMM_BALLOON_BATCH, so count * 8 cannot overflow.
+        const uint8_t *list = memory.user_range(call.args[0], count * 8);
+        if (list == nullptr) {
+            ret = -VMM_EFAULT;
+            break;
+        }
+        uint64_t frames[VMM_BALLOON_BATCH];
+        std::memcpy(frames, list, count * 8);
+        uint64_t done = call.nr == VMM_HC_BALLOON_INFLATE ? m.balloon.inflate(memory, frames, count)
+                                                          : m.balloon.deflate(frames, count);
+        ret = static_cast<int64_t>(done);
+        break;
+    }
+    case VMM_HC_FREE_RANGE:
+        if (memory.user_range(call.args[0], call.args[1]) == nullptr) {
+            ret = -VMM_EFAULT;
+            break;
+        }
+        ret = static_cast<int64_t>(m.balloon.report_free(memory, call.args[0], call.args[1]));
+        break;
     default:
         ret = -VMM_ENOSYS;
         break;

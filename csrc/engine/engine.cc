@@ -167,6 +167,43 @@ Status Engine::snapshot(uint64_t vm_id, uint64_t request_id) {
     return Status::success();
 }
 
+Status Engine::set_balloon(uint64_t vm_id, uint64_t pages) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::shared_ptr<Machine> m = find_locked(vm_id);
+    if (!m) {
+        return Status::failure("ERR_VM_DESTROYED", format("VM %llu was destroyed",
+                                                          static_cast<unsigned long long>(vm_id)));
+    }
+    if (m->state == VmState::kExited) {
+        return Status::failure("ERR_VM_EXITED", format("VM %llu has exited",
+                                                       static_cast<unsigned long long>(vm_id)));
+    }
+    if (pages > m->ram_size / VMM_PAGE_SIZE) {
+        return Status::failure("ERR_BALLOON_TARGET", "the balloon target is larger than guest RAM");
+    }
+    if (m->balloon.set_target(pages)) {
+        m->balloon_wake = true;
+        if (m->state == VmState::kWaiting) {
+            make_runnable_locked(m);
+        }
+    }
+    return Status::success();
+}
+
+Status Engine::balloon_stats(uint64_t vm_id, BalloonStats *out) {
+    std::shared_ptr<Machine> m;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        m = find_locked(vm_id);
+    }
+    if (!m) {
+        return Status::failure("ERR_VM_DESTROYED", format("VM %llu was destroyed",
+                                                          static_cast<unsigned long long>(vm_id)));
+    }
+    *out = m->balloon.stats();
+    return Status::success();
+}
+
 EngineStats Engine::engine_stats() {
     std::lock_guard<std::mutex> lock(mutex_);
     EngineStats out;
@@ -397,6 +434,9 @@ bool Engine::complete_wait_locked(Machine &m) {
             m.awaiting_reply = msg.call_id;
             m.inbox.pop_front();
         }
+    } else if (m.balloon_wake) {
+        m.balloon_wake = false;
+        ret = -VMM_EINTR;
     } else if (m.wait_timed_out || (deadline != 0 && monotonic_ns() >= deadline)) {
         ret = -VMM_ETIMEDOUT;
     } else {

@@ -73,6 +73,12 @@ public:
 
     EngineStats engine_stats();
 
+    // Sets how many pages the guest should hand back; a waiting guest is
+    // woken (its wait returns -VMM_EINTR) to act on it.
+    // Codes: ERR_VM_DESTROYED, ERR_VM_EXITED, ERR_BALLOON_TARGET.
+    Status set_balloon(uint64_t vm_id, uint64_t pages);
+    Status balloon_stats(uint64_t vm_id, BalloonStats *out);
+
     // Builds `count` KVM contexts ready for clones of `snapshot` (full vCPU
     // state restored, its memory mapped) and pools them, so that those
     // clones start without creating a KVM VM. Runs on the workers between

@@ -153,6 +153,10 @@ Status Engine::boot_machine(Machine &m) {
     // Pages the previous guest wrote were restored when its context was
     // released, so this guest starts with none written.
     m.dirty = PageBitmap(m.ram_size / VMM_PAGE_SIZE);
+    m.balloon.reset(m.ram_size / VMM_PAGE_SIZE);
+    if (m.snapshot) {
+        m.balloon.assign(m.snapshot->balloon_pages(), m.snapshot->balloon_target());
+    }
 
     uint8_t *info_page = ctx.memory->any_range(VMM_BOOT_INFO_ADDR, sizeof(vmm_boot_info));
     if (info_page == nullptr) {
@@ -300,7 +304,8 @@ void Engine::handle_snapshot_requests(const std::shared_ptr<Machine> &m) {
                 vm.wait_deadline == 0 ? 0 : (vm.wait_deadline > now ? vm.wait_deadline - now : 1);
         }
         status = Snapshot::capture(*vm.memory, vm.source, vm.dirty, std::move(cpu), wait,
-                                   vm.snapshot, &snapshot);
+                                   vm.snapshot, vm.balloon.pages(), vm.balloon.target(),
+                                   &snapshot);
     }
     for (uint64_t request : requests) {
         Event event;

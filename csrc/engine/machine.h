@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "devices/balloon.h"
 #include "kvm/context.h"
 #include "memory/guest_memory.h"
 #include "memory/image.h"
@@ -113,6 +114,7 @@ struct Machine {
     bool io_pending = false;
     bool started_pending = false;  // booted, kStarted not emitted yet
     std::vector<uint64_t> snapshot_requests;  // request ids waiting for a capture
+    bool balloon_wake = false;  // the balloon target changed; end the next wait with -EINTR
     std::shared_ptr<ExitInfo> exit;
 
     // Set from any thread, read by the worker after KVM_RUN returns. Release
@@ -124,6 +126,7 @@ struct Machine {
 
     ConsoleBuffer console;
     MachineCounters counters;
+    Balloon balloon;  // has its own lock
 };
 
 }  // namespace vmm

@@ -94,6 +94,12 @@ void GuestMemory::unmap() {
     }
 }
 
+void GuestMemory::drop_range(uint64_t first, uint64_t count) {
+    if (first < size_ / VMM_PAGE_SIZE && count <= size_ / VMM_PAGE_SIZE - first) {
+        madvise(base_ + first * VMM_PAGE_SIZE, count * VMM_PAGE_SIZE, MADV_DONTNEED);
+    }
+}
+
 Status GuestMemory::restore_pages(const PageBitmap &pages, const MemorySource &source) {
     uint8_t original[VMM_PAGE_SIZE];
     const uint64_t count = size_ / VMM_PAGE_SIZE;
@@ -184,6 +190,35 @@ bool GuestMemory::scan_pagemap(Visit visit) const {
     }
     close(fd);
     return ok;
+}
+
+uint64_t GuestMemory::private_bytes_in(uint64_t first, uint64_t count) const {
+    const uint64_t pages = size_ / VMM_PAGE_SIZE;
+    if (base_ == nullptr || first >= pages || count > pages - first) {
+        return 0;
+    }
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return 0;
+    }
+    const uint64_t start = reinterpret_cast<uint64_t>(base_) / VMM_PAGE_SIZE + first;
+    uint64_t entries[512];
+    uint64_t bytes = 0;
+    for (uint64_t done = 0; done < count;) {
+        uint64_t batch = count - done < 512 ? count - done : 512;
+        ssize_t n = pread(fd, entries, batch * 8, static_cast<off_t>((start + done) * 8));
+        if (n != static_cast<ssize_t>(batch * 8)) {
+            break;
+        }
+        for (uint64_t i = 0; i < batch; i++) {
+            if ((entries[i] & kPagemapPresent) && !(entries[i] & kPagemapFileOrShared)) {
+                bytes += VMM_PAGE_SIZE;
+            }
+        }
+        done += batch;
+    }
+    close(fd);
+    return bytes;
 }
 
 Status GuestMemory::written_pages(PageBitmap *pages) const {

@@ -31,6 +31,12 @@ public:
     // the source's content or to zero.
     void drop_pages(const PageBitmap &pages);
 
+    // Drops pages [first, first + count); the caller checked the range.
+    void drop_range(uint64_t first, uint64_t count);
+
+    // Bytes of private pages among [first, first + count), from pagemap.
+    uint64_t private_bytes_in(uint64_t first, uint64_t count) const;
+
     // Copies the source's content back into the pages marked in `pages`,
     // writing only pages that differ. The pages stay private and mapped, so
     // KVM keeps its mappings of them: the next guest of this source does not

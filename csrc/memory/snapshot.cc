@@ -51,8 +51,8 @@ Snapshot::Snapshot(std::shared_ptr<const MemorySource> memory, VcpuState cpu, Wa
 
 Status Snapshot::capture(const GuestMemory &memory, std::shared_ptr<const MemorySource> base,
                          const PageBitmap &dirty, VcpuState cpu, WaitState wait,
-                         std::shared_ptr<const Snapshot> parent,
-                         std::shared_ptr<const Snapshot> *out) {
+                         std::shared_ptr<const Snapshot> parent, PageBitmap balloon,
+                         uint64_t balloon_target, std::shared_ptr<const Snapshot> *out) {
     const uint64_t ram_size = memory.size();
     const uint64_t pages = ram_size / VMM_PAGE_SIZE;
     auto source = std::make_shared<MemorySource>();
@@ -70,7 +70,7 @@ Status Snapshot::capture(const GuestMemory &memory, std::shared_ptr<const Memory
     // from there. Zero pages stay holes in the memfd.
     for (uint64_t page = 0; page < pages; page++) {
         bool written = dirty.test(page);
-        if (!written && !base->present.test(page)) {
+        if (balloon.test(page) || (!written && !base->present.test(page))) {
             continue;
         }
         const uint8_t *host = memory.host() + page * VMM_PAGE_SIZE;
@@ -98,8 +98,10 @@ Status Snapshot::capture(const GuestMemory &memory, std::shared_ptr<const Memory
     if (!status.ok()) {
         return status;
     }
-    *out = std::make_shared<Snapshot>(std::move(source), std::move(cpu), wait, std::move(parent),
-                                      std::move(diff));
+    auto snapshot = std::make_shared<Snapshot>(std::move(source), std::move(cpu), wait,
+                                               std::move(parent), std::move(diff));
+    snapshot->set_balloon(std::move(balloon), balloon_target);
+    *out = std::move(snapshot);
     return Status::success();
 }
 

@@ -30,10 +30,12 @@ public:
     // Builds a snapshot of memory mapped at `memory`, whose base is `base`
     // (the source the VM mapped) and whose written pages are `dirty`.
     // The vCPU must be stopped. Codes: ERR_OUT_OF_MEMORY, ERR_RESOURCE_LIMIT.
+    // Pages in `balloon` are left out: the guest handed them back, so
+    // their content does not matter, and the clone inherits the balloon.
     static Status capture(const GuestMemory &memory, std::shared_ptr<const MemorySource> base,
                           const PageBitmap &dirty, VcpuState cpu, WaitState wait,
-                          std::shared_ptr<const Snapshot> parent,
-                          std::shared_ptr<const Snapshot> *out);
+                          std::shared_ptr<const Snapshot> parent, PageBitmap balloon,
+                          uint64_t balloon_target, std::shared_ptr<const Snapshot> *out);
 
     // Wraps memory and state read from a snapshot file.
     Snapshot(std::shared_ptr<const MemorySource> memory, VcpuState cpu, WaitState wait,
@@ -49,6 +51,15 @@ public:
     // there is no parent). A diff snapshot file stores only these.
     const PageBitmap &diff() const { return diff_; }
 
+    // Pages the guest had handed back, and the balloon target, when it was
+    // captured. Kept in memory only; snapshot files do not store them.
+    const PageBitmap &balloon_pages() const { return balloon_; }
+    uint64_t balloon_target() const { return balloon_target_; }
+    void set_balloon(PageBitmap pages, uint64_t target) {
+        balloon_ = std::move(pages);
+        balloon_target_ = target;
+    }
+
     // SHA-256 over the vCPU state, the wait state and every present page
     // with its page number. Computed on first use; a child file names its
     // parent by this hash.
@@ -60,6 +71,8 @@ private:
     WaitState wait_;
     std::shared_ptr<const Snapshot> parent_;
     PageBitmap diff_;
+    PageBitmap balloon_;
+    uint64_t balloon_target_ = 0;
     mutable std::once_flag hash_once_;
     mutable std::array<uint8_t, 32> hash_{};
 };

@@ -99,7 +99,26 @@ enum vmm_hypercall_nr {
      * the reply part (-VMM_EFAULT, -VMM_EMSGSIZE), in which case it does
      * not wait. */
     VMM_HC_REPLY_WAIT = 7,
+    /* args: none. ret: the balloon target in pages: how many pages the host
+     * asks the guest to hand back. VMM_HC_WAIT and VMM_HC_REPLY_WAIT return
+     * -VMM_EINTR when the target changes while no message is queued. */
+    VMM_HC_BALLOON_TARGET = 8,
+    /* args: frames (uint64_t page frame numbers), count (<= VMM_BALLOON_BATCH).
+     * Hands the pages to the host, which drops their contents; a frame
+     * outside guest RAM or in the reserved area is ignored and counted, a
+     * frame already in the balloon counts once. ret: frames newly added. */
+    VMM_HC_BALLOON_INFLATE = 9,
+    /* args: frames, count (<= VMM_BALLOON_BATCH). Takes the pages back from
+     * the balloon; each reads as its image or snapshot content, or zero.
+     * ret: frames removed. */
+    VMM_HC_BALLOON_DEFLATE = 10,
+    /* args: addr, len. Reports a free range: the host drops the whole pages
+     * inside it. The guest keeps them; each reads as its image or snapshot
+     * content, or zero, until written. ret: pages dropped. */
+    VMM_HC_FREE_RANGE = 11,
 };
+
+#define VMM_BALLOON_BATCH 512u /* max frames of one inflate or deflate call */
 
 enum vmm_clock_id {
     VMM_CLOCK_MONOTONIC = 0,
@@ -107,6 +126,7 @@ enum vmm_clock_id {
 };
 
 /* Errors, returned negated in vmm_hypercall.ret. Values match Linux errno. */
+#define VMM_EINTR 4      /* a wait ended early: the balloon target changed */
 #define VMM_EFAULT 14    /* a buffer lies outside guest RAM or in the reserved area */
 #define VMM_EINVAL 22    /* an argument is invalid */
 #define VMM_ENOSYS 38    /* unknown hypercall number */

@@ -231,6 +231,34 @@ void *vmm_realloc(void *ptr, size_t size);
 
 /* ---- Request loop --------------------------------------------------------- */
 
+/** Smallest freed block, in bytes, that vmm_free() reports to the host. */
+#define VMM_FREE_REPORT_MIN (64u * 1024u)
+
+/**
+ * Turns free page reporting on or off (on by default). With it on,
+ * vmm_free() of a block of VMM_FREE_REPORT_MIN bytes or more reports the
+ * whole pages inside it to the host, which drops them; the memory stays the
+ * guest's and reads as zero or its image content until written.
+ */
+void vmm_set_free_page_reporting(int enabled);
+
+/** Frees like vmm_free() but never reports the block to the host. */
+void vmm_free_unreported(void *ptr);
+
+/**
+ * Acts on the host's balloon target: takes free pages from the allocator and
+ * hands them to the host until the balloon holds the target, or takes pages
+ * back and frees them when the target is lower. Never takes pages in use;
+ * when the heap has no more free pages, the balloon stays below its target.
+ * vmm_serve() calls it whenever a wait returns -VMM_EINTR.
+ *
+ * @returns pages in the balloon afterwards.
+ */
+uint64_t vmm_balloon_update(void);
+
+/** Pages the guest has handed to the host through the balloon. */
+uint64_t vmm_balloon_pages(void);
+
 /**
  * Request handler for vmm_serve(): reads the request `req` of `len` bytes and
  * writes the reply to `reply`, which has room for `cap` (VMM_MSG_MAX) bytes.

@@ -165,7 +165,32 @@ void *vmm_malloc(size_t size)
     return NULL;
 }
 
+static int free_page_reporting = 1;
+
+void vmm_set_free_page_reporting(int enabled)
+{
+    free_page_reporting = enabled;
+}
+
 void vmm_free(void *ptr)
+{
+    if (ptr == NULL)
+        return;
+
+    struct block *block = checked_block(ptr);
+    uintptr_t start = (uintptr_t)block + HEADER_SIZE;
+    size_t length = block->size - HEADER_SIZE;
+
+    insert_free(block);
+
+    /* Merging writes only block headers, so everything after this block's
+     * own header is free memory the host may drop. Small blocks are not
+     * worth a hypercall. */
+    if (free_page_reporting && length >= VMM_FREE_REPORT_MIN)
+        vmm_hypercall(VMM_HC_FREE_RANGE, start, length, 0, 0);
+}
+
+void vmm_free_unreported(void *ptr)
 {
     if (ptr == NULL)
         return;

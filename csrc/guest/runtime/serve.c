@@ -21,6 +21,14 @@ _Noreturn void vmm_serve(vmm_handler handler)
     for (;;) {
         int64_t len = vmm_reply_wait(reply, (size_t)reply_len, request, VMM_MSG_MAX, 0);
 
+        /* The host changed the balloon target. The reply, if any, went out
+         * before the wait began, so none is pending now. */
+        if (len == -(int64_t)VMM_EINTR) {
+            reply_len = 0;
+            vmm_balloon_update();
+            continue;
+        }
+
         /* With a VMM_MSG_MAX buffer and no deadline, the only errors come
          * from bad buffers, which retrying cannot fix. */
         if (len < 0) {
