@@ -170,7 +170,7 @@ describe('snapshot files', function () {
   // in such a page. It contains a quote and a newline, which the counter
   // escapes in its reply, so its raw bytes exist only where the VMM put them.
   describe('page written by the VMM', function () {
-    /** A payload whose marker starts more than a page into the request buffer. */
+    /** Returns a payload whose marker starts more than a page into the request buffer. */
     function payloadWith(marker: string): string {
       return 'a'.repeat(PAGE_SIZE + 1000) + marker;
     }

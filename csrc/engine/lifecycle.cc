@@ -323,8 +323,7 @@ void Engine::handle_snapshot_requests(const std::shared_ptr<Machine> &m) {
 }
 
 void Engine::push_started_locked(Machine &m) {
-    if (m.started_pending) {
-        m.started_pending = false;
+    if (m.started_pending.exchange(false, std::memory_order_acq_rel)) {
         Event event;
         event.type = EventType::kStarted;
         event.vm_id = m.id;
@@ -348,9 +347,15 @@ void Engine::run_machine(const std::shared_ptr<Machine> &m, bool boot) {
             finish(m, std::move(info));
             return;
         }
-        // kStarted goes out with the first exit (or the first park), so that
-        // a clone's start and its first reply reach JavaScript in one batch.
-        m->started_pending = true;
+        // With a message already queued, kStarted goes out with the first
+        // exit, so that a clone's start and its first reply reach
+        // JavaScript in one batch. The watchdog sends it after a slice if
+        // that exit does not come (a guest that computes or spins).
+        std::lock_guard<std::mutex> lock(mutex_);
+        m->started_pending.store(true, std::memory_order_release);
+        if (m->inbox.empty()) {
+            push_started_locked(*m);
+        }
     }
     handle_snapshot_requests(m);
     {

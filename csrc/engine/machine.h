@@ -112,7 +112,10 @@ struct Machine {
     // The vCPU stopped on a hypercall exit that KVM has not completed yet;
     // KvmContext::complete_pending_io must run before its state is read.
     bool io_pending = false;
-    bool started_pending = false;  // booted, kStarted not emitted yet
+    // Booted, kStarted not emitted yet. Set by the worker; cleared by
+    // whichever thread emits the event (exchange, acq_rel), so it goes out
+    // once.
+    std::atomic<bool> started_pending{false};
     std::vector<uint64_t> snapshot_requests;  // request ids waiting for a capture
     bool balloon_wake = false;  // the balloon target changed; end the next wait with -EINTR
     std::shared_ptr<ExitInfo> exit;

@@ -215,7 +215,7 @@ void Engine::run_vcpu(const std::shared_ptr<Machine> &m) {
 
         int err = kvm.run();
         m->counters.exits.fetch_add(1, std::memory_order_relaxed);
-        if (m->started_pending) {
+        if (m->started_pending.load(std::memory_order_acquire)) {
             std::lock_guard<std::mutex> lock(mutex_);
             push_started_locked(*m);
         }
@@ -325,6 +325,9 @@ void Engine::watchdog_main() {
             Machine *m = worker.current.get();
             if (m == nullptr || m->state != VmState::kRunning) {
                 continue;
+            }
+            if (now - m->slice_start_ns >= slice_ns) {
+                push_started_locked(*m);
             }
             // Repeat a kill kick until the worker acknowledges it by ending
             // the VM, in case the first signal arrived before KVM_RUN.

@@ -15,6 +15,18 @@ namespace vmm {
 
 namespace {
 
+// Retries an ioctl that a signal interrupted. KVM_CREATE_VM returns EINTR
+// when a signal is pending while it registers its MMU notifier, which takes
+// long with many VMs resident, and the engine's workers receive kick signals.
+template <typename... Args>
+int ioctl_retry(int fd, unsigned long request, Args... args) {
+    int r;
+    do {
+        r = ioctl(fd, request, args...);
+    } while (r < 0 && errno == EINTR);
+    return r;
+}
+
 Status ioctl_error(const char *what, int err) {
     const char *code = (err == EMFILE || err == ENFILE) ? "ERR_RESOURCE_LIMIT" : "ERR_KVM_CREATE";
     return Status::from_errno(code, format("%s failed: %s", what, std::strerror(err)), err,
@@ -26,11 +38,11 @@ Status ioctl_error(const char *what, int err) {
 Status KvmContext::create(const KvmSystem &sys, std::unique_ptr<KvmContext> *out) {
     std::unique_ptr<KvmContext> ctx(new KvmContext());
 
-    ctx->vm_fd_ = ioctl(sys.fd(), KVM_CREATE_VM, 0);
+    ctx->vm_fd_ = ioctl_retry(sys.fd(), KVM_CREATE_VM, 0);
     if (ctx->vm_fd_ < 0) {
         return ioctl_error("KVM_CREATE_VM", errno);
     }
-    ctx->vcpu_fd_ = ioctl(ctx->vm_fd_, KVM_CREATE_VCPU, 0);
+    ctx->vcpu_fd_ = ioctl_retry(ctx->vm_fd_, KVM_CREATE_VCPU, 0);
     if (ctx->vcpu_fd_ < 0) {
         return ioctl_error("KVM_CREATE_VCPU", errno);
     }
@@ -52,7 +64,7 @@ Status KvmContext::create(const KvmSystem &sys, std::unique_ptr<KvmContext> *out
 
     ctx->sync_regs_ = (ioctl(sys.fd(), KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS) &
                        KVM_SYNC_X86_REGS) != 0;
-    if (ioctl(ctx->vcpu_fd_, uapi::kSetCpuid2, sys.cpuid()) < 0) {
+    if (ioctl_retry(ctx->vcpu_fd_, uapi::kSetCpuid2, sys.cpuid()) < 0) {
         return ioctl_error("KVM_SET_CPUID2", errno);
     }
     *out = std::move(ctx);
@@ -78,7 +90,7 @@ Status KvmContext::map_ram(void *host, uint64_t size) {
     region.guest_phys_addr = 0;
     region.memory_size = size;
     region.userspace_addr = reinterpret_cast<uint64_t>(host);
-    if (ioctl(vm_fd_, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
+    if (ioctl_retry(vm_fd_, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
         return ioctl_error("KVM_SET_USER_MEMORY_REGION", errno);
     }
     ram_size_ = size;
