@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
 
 import { VMMError } from './errors';
+import { balloonChartSvg, runBalloonBench } from './balloon-bench';
 import { runFleet } from './fleet';
 import { bundledGuest, listGuests } from './guests';
 import { Progress } from './measure';
@@ -28,6 +29,13 @@ const USAGE = `Usage:
                       create the fleet as clones; also cold-boot 50 VMs
                       for comparison and report private memory per clone
       --json          end with one line of JSON on stdout
+
+  vmm bench balloon [--json] [--svg FILE]
+      A guest touches 64 MiB and frees it, the host inflates the balloon and
+      deflates it again. Prints the bytes touched and reclaimed, private
+      memory before and after, and the reclaim rate.
+      --json          end with one line of JSON on stdout
+      --svg FILE      also draw host memory over time into FILE
 
   vmm help
       Print this text.
@@ -152,6 +160,38 @@ async function fleetCommand(args: string[]): Promise<number> {
   return result.distinctReplies === result.vms ? 0 : 1;
 }
 
+async function benchCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { json: { type: 'boolean', default: false }, svg: { type: 'string' } },
+  });
+  if (positionals.length !== 1 || positionals[0] !== 'balloon') {
+    throw new UsageError("vmm bench takes one benchmark name: 'balloon'");
+  }
+  process.stderr.write('touching 64 MiB in a guest, freeing it, inflating and deflating the balloon\n');
+  const result = await runBalloonBench();
+  const mib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+  process.stdout.write(
+    [
+      `touched and freed:    ${mib(result.touchedBytes)}`,
+      `reclaimed:            ${mib(result.reclaimedBytes)} (${((result.reclaimedBytes / result.touchedBytes) * 100).toFixed(1)}%)`,
+      `private memory:       ${mib(result.privateBytesBefore)} before, ${mib(result.privateBytesAfter)} after`,
+      `reclaim rate:         ${result.reclaimMiBPerSec} MiB/s (inflate ${result.inflateMs} ms, deflate ${result.deflateMs} ms)`,
+      `memory after deflate: ${result.verified ? 'touched again and verified' : 'FAILED verification'}`,
+      '',
+    ].join('\n'),
+  );
+  if (values.svg) {
+    fs.writeFileSync(values.svg, balloonChartSvg(result, 'Balloon: host memory over time'));
+  }
+  if (values.json) {
+    const { touchedBytes, reclaimedBytes, privateBytesBefore, privateBytesAfter, reclaimMiBPerSec } = result;
+    process.stdout.write(JSON.stringify({ touchedBytes, reclaimedBytes, privateBytesBefore, privateBytesAfter, reclaimMiBPerSec }) + '\n');
+  }
+  return result.verified ? 0 : 1;
+}
+
 /**
  * Runs the CLI with `argv` (without the node and script paths).
  *
@@ -167,6 +207,8 @@ export async function main(argv: string[]): Promise<number> {
         return guestsCommand(rest);
       case 'fleet':
         return await fleetCommand(rest);
+      case 'bench':
+        return await benchCommand(rest);
       case 'help':
       case '--help':
       case '-h':

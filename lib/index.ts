@@ -11,3 +11,5 @@ export { parseSize } from './options';
 export { bundledGuest, listGuests, guestDir } from './guests';
 export { runFleet } from './fleet';
 export type { FleetOptions, FleetResult } from './fleet';
+export { runBalloonBench, balloonChartSvg } from './balloon-bench';
+export type { BalloonBenchResult, MemorySample } from './balloon-bench';

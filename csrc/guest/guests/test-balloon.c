@@ -6,6 +6,9 @@
  *     free            free the touched block without free page reporting
  *     free-report     free the touched block with free page reporting
  *     balloon         pages in the balloon, as the guest counts them
+ *     bad-frames      one raw inflate with hostile frame numbers (past RAM, in
+ *                     the reserved area, above 4 GiB, all ones, one valid
+ *                     frame twice); replies "added <n>" with the host's count
  *     ping            "pong"
  */
 #include "vmm_guest.h"
@@ -71,6 +74,25 @@ static int64_t handle(const uint8_t *request, size_t len, uint8_t *reply, size_t
         answer = "ok";
     } else if (starts_with(request, len, "balloon")) {
         vmm_snprintf(text, sizeof(text), "%llu", (unsigned long long)vmm_balloon_pages());
+        answer = text;
+    } else if (starts_with(request, len, "bad-frames")) {
+        /* The valid frame is a free heap page: the last whole page below
+         * the stack reserve, which nothing allocates in these tests. */
+        uint64_t ram_pages = vmm_ram_size() / VMM_PAGE_SIZE;
+        uint64_t valid = ram_pages - VMM_STACK_RESERVE / VMM_PAGE_SIZE - 1;
+        uint64_t frames[] = {
+            ram_pages,                      /* first frame past RAM */
+            ram_pages + 100,
+            1,                              /* reserved area */
+            (5ull << 30) / VMM_PAGE_SIZE,   /* 5 GiB: above 4 GiB and past RAM */
+            1ull << 52,                     /* frame * 4096 overflows 64 bits */
+            ~0ull,
+            valid,
+            valid,                          /* the same frame twice counts once */
+        };
+        int64_t added = vmm_hypercall(VMM_HC_BALLOON_INFLATE, (uintptr_t)frames,
+                                      sizeof(frames) / sizeof(frames[0]), 0, 0);
+        vmm_snprintf(text, sizeof(text), "added %lld", (long long)added);
         answer = text;
     } else if (starts_with(request, len, "ping")) {
         answer = "pong";
