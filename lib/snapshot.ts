@@ -40,8 +40,8 @@ export class Snapshot {
   }
 
   /**
-   * SHA-256 of the snapshot's content (vCPU state and every non-zero page),
-   * as 64 hex digits. A diff snapshot file names its parent by this hash.
+   * SHA-256 of the snapshot's content (vCPU state, wait state, RAM size,
+   * and every non-zero page with its page number), as 64 hex digits. A diff snapshot file names its parent by this hash.
    */
   get hash(): string {
     this.#hash ??= this.#native.hash();

@@ -173,7 +173,8 @@ export class VMM {
    * @returns the snapshot, ready for `vmm.createVM({ snapshot })`
    * @throws VMMError `ERR_SNAPSHOT_INVALID` (truncated or corrupted file,
    *   unknown version, CPU features this host lacks, missing or wrong
-   *   parent; nothing is loaded), `ERR_SNAPSHOT_READ`
+   *   parent; nothing is loaded), `ERR_SNAPSHOT_READ`; for a diff,
+   *   `ERR_OUT_OF_MEMORY` or `ERR_RESOURCE_LIMIT` while its memory is built
    * @example
    * ```ts
    * const base = await vmm.loadSnapshot('base.snap');

@@ -151,7 +151,8 @@ Status Engine::boot_machine(Machine &m) {
         return status;
     }
     // Pages the previous guest wrote were restored when its context was
-    // released, so this guest starts with none written.
+    // released. They stay private, so written_pages() reports them for this
+    // guest too: its written set can hold pages equal to the source.
     m.dirty = PageBitmap(m.ram_size / VMM_PAGE_SIZE);
     m.balloon.reset(m.ram_size / VMM_PAGE_SIZE);
     if (m.snapshot) {

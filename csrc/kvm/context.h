@@ -1,5 +1,5 @@
 // One KVM virtual machine with one vCPU and one memory slot: the unit the
-// engine creates per running guest (and will pool later).
+// engine gives each running guest and pools between guests.
 #pragma once
 
 #include <linux/kvm.h>

@@ -194,8 +194,8 @@ void initial_sregs(kvm_sregs *sregs) {
     sregs->idt.base = kIdt;
     sregs->idt.limit = kStubVectors * 16 - 1;
 
-    // CR0: PE, MP, ET, NE, WP, PG. CR4: PAE, OSFXSR, OSXMMEXCPT (SSE in user
-    // mode). EFER: LME, LMA, NXE.
+    // CR0: PE, MP, ET, NE, WP, AM, PG. CR4: PAE, OSFXSR, OSXMMEXCPT (SSE in
+    // user mode). EFER: LME, LMA, NXE.
     sregs->cr0 = 0x80050033ull;
     sregs->cr3 = kPml4;
     sregs->cr4 = 0x620ull;

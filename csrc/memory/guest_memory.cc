@@ -70,22 +70,6 @@ Status GuestMemory::map_source(const MemorySource &source) {
     return Status::success();
 }
 
-void GuestMemory::drop_pages(const PageBitmap &pages) {
-    const uint64_t count = size_ / VMM_PAGE_SIZE;
-    for (uint64_t page = 0; page < count;) {
-        if (!pages.test(page)) {
-            page++;
-            continue;
-        }
-        uint64_t run = page;
-        while (run < count && pages.test(run)) {
-            run++;
-        }
-        madvise(base_ + page * VMM_PAGE_SIZE, (run - page) * VMM_PAGE_SIZE, MADV_DONTNEED);
-        page = run;
-    }
-}
-
 void GuestMemory::unmap() {
     if (base_ != nullptr) {
         munmap(base_, size_);

@@ -27,10 +27,6 @@ public:
     // here stays valid. Codes: ERR_OUT_OF_MEMORY.
     Status remap(const MemorySource &source);
 
-    // Drops the pages marked in `pages` (MADV_DONTNEED): each falls back to
-    // the source's content or to zero.
-    void drop_pages(const PageBitmap &pages);
-
     // Drops pages [first, first + count); the caller checked the range.
     void drop_range(uint64_t first, uint64_t count);
 
@@ -57,7 +53,8 @@ public:
     uint8_t *user_range(uint64_t gpa, uint64_t len) const;
 
     // user_range() for a range the VMM is about to write: also records its
-    // pages as dirty, since KVM's dirty log sees only the guest's writes.
+    // pages in vmm_dirty(), a record kept beside the pagemap scan of
+    // written_pages(), which sees these writes as well.
     uint8_t *writable_range(uint64_t gpa, uint64_t len);
 
     // Same check for ranges the VMM itself uses in its reserved area (the

@@ -70,7 +70,15 @@ Status Snapshot::capture(const GuestMemory &memory, std::shared_ptr<const Memory
     // from there. Zero pages stay holes in the memfd.
     for (uint64_t page = 0; page < pages; page++) {
         bool written = dirty.test(page);
-        if (balloon.test(page) || (!written && !base->present.test(page))) {
+        if (balloon.test(page)) {
+            // Left out: it reads as zero here. A diff must still list it when
+            // the base has content there, or loading would take the base's.
+            if (base->present.test(page)) {
+                diff.set(page);
+            }
+            continue;
+        }
+        if (!written && !base->present.test(page)) {
             continue;
         }
         const uint8_t *host = memory.host() + page * VMM_PAGE_SIZE;

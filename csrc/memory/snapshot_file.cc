@@ -11,6 +11,7 @@
 
 #include "common/sha256.h"
 #include "kvm/uapi.h"
+#include "kvm/x86_layout.h"
 #include "vmm_abi.h"
 
 namespace vmm {
@@ -235,7 +236,10 @@ Status save_snapshot(const Snapshot &snapshot, const KvmSystem &sys, const std::
             std::memset(page.data(), 0, VMM_PAGE_SIZE);
         }
         data_sha.update(page.data(), VMM_PAGE_SIZE);
-        if (!write_all(fd, page.data(), VMM_PAGE_SIZE, header.data_offset + offset)) {
+        // A listed zero page (one a diff overrides with zero) stays a hole,
+        // which reads as zero: the file keeps its sparse size.
+        if (!page_is_zero(page.data()) &&
+            !write_all(fd, page.data(), VMM_PAGE_SIZE, header.data_offset + offset)) {
             return fail("pwrite");
         }
     }
@@ -483,6 +487,34 @@ Status load_snapshot(const KvmSystem &sys, const std::string &path,
             return status;
         }
         memory = merged;
+    }
+
+    // A snapshot file is input from outside: its vCPU must be in user mode
+    // with the engine's paging, and its supervisor area (page tables, GDT,
+    // IDT, stubs) exactly what the engine builds, so that a crafted file
+    // cannot give its guest supervisor mode or page tables of its own.
+    if (cpu.sregs.cs.dpl != 3 || cpu.sregs.ss.dpl != 3 || cpu.sregs.cr3 != x86::kPml4 ||
+        cpu.sregs.gdt.base != x86::kGdt || cpu.sregs.idt.base != x86::kIdt ||
+        cpu.sregs.tr.base != x86::kTss) {
+        return invalid(path, "its vCPU state is not the engine's user mode");
+    }
+    {
+        std::vector<uint8_t> expected(VMM_RESERVED_END);
+        x86::build_supervisor_area(expected.data(), header.ram_size);
+        for (uint64_t gpa = x86::kPml4; gpa < x86::kStackBottom; gpa += VMM_PAGE_SIZE) {
+            const MemorySource &mem = *memory;
+            if (mem.present.test(gpa / VMM_PAGE_SIZE)) {
+                if (!read_all(mem.fd, page.data(), VMM_PAGE_SIZE, mem.offset + gpa)) {
+                    return invalid(path, "a memory page cannot be read");
+                }
+            } else {
+                std::memset(page.data(), 0, VMM_PAGE_SIZE);
+            }
+            if (std::memcmp(page.data(), expected.data() + gpa, VMM_PAGE_SIZE) != 0) {
+                return invalid(path, format("its supervisor page at 0x%llx differs from the "
+                                            "engine's", static_cast<unsigned long long>(gpa)));
+            }
+        }
     }
 
     auto snapshot = std::make_shared<Snapshot>(memory, std::move(cpu), wait, parent,

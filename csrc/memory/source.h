@@ -75,7 +75,7 @@ struct MemorySource {
     MemorySource &operator=(const MemorySource &) = delete;
 
     // Identity for pooled contexts: a context whose RAM already maps this
-    // source only needs the pages its last guest dirtied dropped.
+    // source only needs the pages its last guest wrote copied back.
     const uint64_t id;
     int fd = -1;
     uint64_t offset = 0;    // file offset of guest physical 0
