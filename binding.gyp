@@ -15,6 +15,7 @@
         "csrc/devices/balloon.cc",
         "csrc/devices/hypercalls.cc",
         "csrc/engine/engine.cc",
+        "csrc/engine/hibernate.cc",
         "csrc/engine/lifecycle.cc",
         "csrc/engine/vcpu_loop.cc",
         "csrc/engine/warmup.cc",
@@ -26,6 +27,7 @@
         "csrc/memory/elf.cc",
         "csrc/memory/guest_memory.cc",
         "csrc/memory/image.cc",
+        "csrc/memory/page_store.cc",
         "csrc/memory/snapshot.cc",
         "csrc/memory/snapshot_file.cc"
       ],

@@ -52,7 +52,7 @@ function machine(): Record<string, string | number> {
 async function main(): Promise<void> {
   const fleetVms = Number(process.env.BENCH_FLEET_VMS ?? 1000);
   // No context pool: every boot below creates its KVM VM, as a cold boot does.
-  const vmm = new VMM({ poolSize: 0 });
+  const vmm = new VMM({ poolSize: 0, idleMs: 0 });
   const counter = await vmm.loadImage(bundledGuest('counter'));
   const echo = await vmm.loadImage(bundledGuest('echo'));
 

@@ -26,8 +26,8 @@ function figure(samplesMs: readonly number[]): Figure {
 
 async function main(): Promise<void> {
   const fleetVms = Number(process.env.BENCH_FLEET_VMS ?? 1000);
-  const vmm = new VMM();
-  const cold = new VMM({ poolSize: 0 });
+  const vmm = new VMM({ idleMs: 0 });
+  const cold = new VMM({ poolSize: 0, idleMs: 0 });
   const image = await vmm.loadImage(bundledGuest('counter'));
   const coldImage = await cold.loadImage(bundledGuest('counter'));
 

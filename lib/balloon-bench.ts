@@ -62,7 +62,7 @@ async function pollUntil(vm: VM, done: () => boolean, record: () => void, timeou
  */
 export async function runBalloonBench(options: { touchBytes?: number; memory?: string } = {}): Promise<BalloonBenchResult> {
   const touchBytes = options.touchBytes ?? 64 * MiB;
-  const vmm = new VMM();
+  const vmm = new VMM({ idleMs: 0 });
   const samples: MemorySample[] = [];
   const started = nowUs();
   try {

@@ -35,7 +35,7 @@ export type NativeEvent =
   | { type: 'prewarmed'; vm: number; request: number }
   | { type: 'prewarmFailed'; vm: number; request: number; error: NativeErrorFields };
 
-export type NativeVMState = 'created' | 'starting' | 'running' | 'waiting' | 'exited' | 'destroyed';
+export type NativeVMState = 'created' | 'starting' | 'running' | 'waiting' | 'hibernated' | 'exited' | 'destroyed';
 
 export interface NativeVMStats {
   state: NativeVMState;
@@ -79,8 +79,16 @@ export interface NativeEngineStats {
   created: number;
   running: number;
   waiting: number;
+  hibernated: number;
   exited: number;
   pooledContexts: number;
+  residentContexts: number;
+  maxResident: number;
+  maxResidentReached: number;
+  pageStoreBytes: number;
+  hibernations: number;
+  wakes: number;
+  wakeHistogram: number[];
   privateBytes: number;
   sharedBytes: number;
 }
@@ -118,7 +126,7 @@ interface NativeModule {
   NativeImage: new (bytes: Uint8Array) => NativeImage;
   NativeSnapshot: abstract new () => NativeSnapshot;
   NativeEngine: new (
-    options: { workers: number; sliceMs: number; poolSize: number },
+    options: { workers: number; sliceMs: number; poolSize: number; maxResident: number; idleMs: number },
     onEvents: (events: NativeEvent[]) => void,
   ) => NativeEngine;
   probe(): { maxMemslots: number; runMmapSize: number };
@@ -147,4 +155,16 @@ export const packageRoot = path.resolve(__dirname, '..', '..');
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const nodeGypBuild = require('node-gyp-build') as (root: string) => unknown;
 
-export const native = nodeGypBuild(packageRoot) as NativeModule;
+function loadAddon(): NativeModule {
+  try {
+    return nodeGypBuild(packageRoot) as NativeModule;
+  } catch (err) {
+    const message =
+      `the node-vmm native addon is not built for this platform (${process.platform}-${process.arch}, ` +
+      `Node ${process.version}): run 'npm rebuild node-vmm' (gcc, g++, make and python3 needed), ` +
+      `or, where npm skipped install scripts, allow them for node-vmm first. Cause: ${(err as Error).message}`;
+    throw Object.assign(new Error(message), { code: 'ERR_ADDON_MISSING' });
+  }
+}
+
+export const native = loadAddon();

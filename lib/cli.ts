@@ -64,7 +64,10 @@ async function runCommand(args: string[]): Promise<number> {
   });
   if (positionals.length !== 1) throw new UsageError('vmm run takes one image path or bundled guest name');
   const target = positionals[0];
-  const path = fs.existsSync(target) ? target : bundledGuest(target);
+  // A bare name such as "hello" is a bundled guest; anything with a slash
+  // or an .elf suffix is a path, reported as unreadable if it is missing.
+  const isPath = target.includes('/') || target.endsWith('.elf');
+  const path = isPath ? target : bundledGuest(target);
 
   const vmm = new VMM();
   try {
@@ -167,7 +170,7 @@ async function benchCommand(args: string[]): Promise<number> {
     options: { json: { type: 'boolean', default: false }, svg: { type: 'string' } },
   });
   if (positionals.length !== 1 || positionals[0] !== 'balloon') {
-    throw new UsageError("vmm bench takes one benchmark name: 'balloon'");
+    throw new UsageError(`vmm bench takes one benchmark name, 'balloon'; received '${positionals.join(' ')}'`);
   }
   process.stderr.write('touching 64 MiB in a guest, freeing it, inflating and deflating the balloon\n');
   const result = await runBalloonBench();

@@ -71,7 +71,9 @@ interface CounterReply {
  */
 export async function runFleet(options: FleetOptions = {}): Promise<FleetResult> {
   const total = options.vms ?? 1000;
-  const vmm = new VMM();
+  // The fleet stays resident until it is measured: no idle hibernation, and
+  // a context cap above the fleet's size.
+  const vmm = new VMM({ idleMs: 0, maxResident: total + 64 });
   const concurrency = Math.max(1, options.concurrency ?? vmm.options.workers);
   const memory = options.memory ?? '16M';
   const fleet: VM[] = [];
@@ -165,7 +167,7 @@ export async function runFleet(options: FleetOptions = {}): Promise<FleetResult>
  * time in microseconds.
  */
 async function coldBootSample(memory: number | string, count: number): Promise<number> {
-  const vmm = new VMM({ poolSize: 0 });
+  const vmm = new VMM({ poolSize: 0, idleMs: 0 });
   try {
     const image = await vmm.loadImage(bundledGuest('counter'));
     const latencies: number[] = [];

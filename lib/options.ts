@@ -18,6 +18,18 @@ export interface VMMOptions {
    * without creating a KVM VM. 0 disables reuse. Default: 32.
    */
   poolSize?: number;
+  /**
+   * KVM contexts held at most, by VMs and the pool. When a VM needs one past
+   * the cap, the least recently active waiting VM hibernates. Default: 0,
+   * which picks min(256, a quarter of available memory at 640 KiB each,
+   * what the file descriptor limit allows).
+   */
+  maxResident?: number;
+  /**
+   * Milliseconds a VM waits for a message before it gives its KVM context
+   * back and hibernates; 0 turns idle hibernation off. Default: 250.
+   */
+  idleMs?: number;
 }
 
 /**
@@ -49,6 +61,8 @@ export interface ResolvedVMMOptions {
   workers: number;
   sliceMs: number;
   poolSize: number;
+  maxResident: number;
+  idleMs: number;
 }
 
 export type ResolvedCreateVMOptions = { image: Image; memory: number; cmdline: string } | { snapshot: Snapshot };
@@ -115,6 +129,8 @@ export function resolveVMMOptions(options: unknown): ResolvedVMMOptions {
     workers: integerOption('workers', input.workers, 1, 256, Math.max(1, cpus)),
     sliceMs: integerOption('sliceMs', input.sliceMs, 1, 60000, 10),
     poolSize: integerOption('poolSize', input.poolSize, 0, 100000, 32),
+    maxResident: integerOption('maxResident', input.maxResident, 0, 100000, 0),
+    idleMs: integerOption('idleMs', input.idleMs, 0, 86400000, 250),
   };
 }
 

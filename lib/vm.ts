@@ -350,8 +350,9 @@ export class VM extends EventEmitter<VMEvents> {
 
   /**
    * Kills the VM if it runs and releases its KVM context and memory.
-   * Pending calls reject with `ERR_VM_DESTROYED`; pending {@link VM.wait}
-   * calls resolve with reason `killed`. Idempotent.
+   * Pending calls reject with `ERR_VM_DESTROYED`; a started VM that had not
+   * ended emits `exit` with reason `killed`, and pending {@link VM.wait}
+   * calls resolve with it. Idempotent.
    */
   destroy(): void {
     if (this.#destroyed) return;
@@ -361,6 +362,7 @@ export class VM extends EventEmitter<VMEvents> {
     this.#rejectAll(err);
     this.#startWaiter?.reject(err);
     this.#startWaiter = undefined;
+    const ended = this.#exit === undefined;
     if (!this.#exit) {
       const message = 'destroyed by the host';
       this.#exit = { code: -1, reason: 'killed', detail: { code: -1, reason: 'killed', message } };
@@ -368,6 +370,7 @@ export class VM extends EventEmitter<VMEvents> {
     const waiters = this.#exitWaiters;
     this.#exitWaiters = [];
     for (const resolve of waiters) resolve(this.#exit);
+    if (ended && this.#started) this.emit('exit', this.#exit);
     this.#host.setAlive(this, false);
     this.#host.hold(this, false);
     this.#host.forget(this);

@@ -19,11 +19,29 @@ export interface VMMStats {
   created: number;
   /** Running or queued for a worker. */
   running: number;
-  /** Blocked in a wait hypercall; they hold no thread. */
+  /** Blocked in a wait hypercall with a KVM context; they hold no thread. */
   waiting: number;
+  /** Waiting without a KVM context: state in the page store. */
+  hibernated: number;
   exited: number;
   /** KVM contexts kept for reuse by the next VM that starts. */
   pooledContexts: number;
+  /** KVM contexts alive in the process (held by VMs and pools). */
+  residentContexts: number;
+  /** The context cap in force (the `maxResident` option or its default). */
+  maxResident: number;
+  /** Most KVM contexts alive at once so far. */
+  maxResidentReached: number;
+  /** Bytes hibernated VMs take in the page store, shared pages counted once. */
+  pageStoreBytes: number;
+  hibernations: number;
+  wakes: number;
+  /**
+   * Wake latency histogram: entry i counts wakes that took less than 2^i
+   * microseconds (the last entry, anything longer), measured from the
+   * worker taking the VM to its KVM context being ready.
+   */
+  wakeHistogram: number[];
   /** Resident guest pages only one VM holds, summed over the VMs. */
   privateBytes: number;
   /** Resident guest pages shared with images and snapshots, summed over the VMs. */

@@ -24,11 +24,11 @@ const GUEST_RAM_BYTES = 128 * MiB;
 const TOUCH_BYTES = 64 * MiB;
 
 // Share of the touched memory that the host must get back. The rest is the
-// page of each 1 MiB balloon chunk that holds the guest allocator's header.
+// page of each 1 MiB balloon chunk that contains the guest allocator's header.
 const MIN_RECLAIMED_BYTES = 0.9 * TOUCH_BYTES;
 
-// Bound for snapshots of a VM whose 64 MiB block went into the balloon: the
-// guest's own pages plus one header page per chunk (256 KiB) stay behind.
+// Bound for snapshots of a VM whose 64 MiB block went into the balloon. Only
+// the guest's own pages and one header page per chunk (256 KiB) stay behind.
 const MAX_SNAPSHOT_BYTES = 4 * MiB;
 
 // Free page reporting drops only the whole pages inside a freed block, so
@@ -56,8 +56,8 @@ async function waitForBalloon(
   while (!settled(stats)) {
     if (Date.now() > deadline) {
       throw new Error(
-        `the balloon of VM ${vm.id} did not reach ${expected} within ${SETTLE_TIMEOUT_MS} ms; ` +
-          `last stats: ${JSON.stringify(stats)}`,
+        `timed out after ${SETTLE_TIMEOUT_MS} ms waiting for the balloon of VM ${vm.id} ` +
+          `to reach ${expected}. Last stats: ${JSON.stringify(stats)}`,
       );
     }
     await sleep(POLL_INTERVAL_MS);
@@ -66,7 +66,7 @@ async function waitForBalloon(
   return stats;
 }
 
-/** Sets the balloon target and waits until the balloon holds exactly that. */
+/** Sets the balloon target and waits until the balloon contains exactly that. */
 function resizeBalloon(vm: VM, bytes: number): Promise<VMBalloonStats> {
   vm.setBalloon(bytes);
   return waitForBalloon(vm, (stats) => stats.actual === bytes, `${bytes} bytes`);
@@ -77,7 +77,7 @@ async function request(vm: VM, message: string): Promise<string> {
   return text(await vm.call(message));
 }
 
-/** Bytes the file system allocated for a file: a sparse file counts only its data. */
+/** Bytes the file system allocated for a file, which counts only the data of a sparse file. */
 function allocatedBytes(file: string): number {
   return fs.statSync(file).blocks * 512;
 }
@@ -172,6 +172,30 @@ describe('memory balloon', function () {
 
       assert.strictEqual(guestPages, TOUCH_BYTES / PAGE_SIZE);
       assert.strictEqual(vm.balloonStats().actual, guestPages * PAGE_SIZE);
+    });
+
+    it('rounds the target down', async function () {
+      const vm = await startBalloonVM();
+
+      vm.setBalloon(4 * MiB + 100);
+      const stats = await waitForBalloon(vm, (s) => s.actual === 4 * MiB, `${4 * MiB} bytes`);
+
+      assert.strictEqual(stats.target, 4 * MiB);
+    });
+
+    it('keeps a target set before start', async function () {
+      const vm = vmm.createVM({ image: balloonImage, memory: GUEST_MEMORY });
+      vms.push(vm);
+
+      // setBalloon() documents no error for a VM that was not started, so
+      // the guest must act on the target once it first waits.
+      vm.setBalloon(8 * MiB);
+      await vm.start();
+      const targetAfterStart = vm.balloonStats().target;
+
+      assert.strictEqual(targetAfterStart, 8 * MiB, 'start() discarded the balloon target');
+      const stats = await waitForBalloon(vm, (s) => s.actual === 8 * MiB, `${8 * MiB} bytes`);
+      assert.strictEqual(stats.actual, stats.target);
     });
   });
 
@@ -286,8 +310,8 @@ describe('memory balloon', function () {
       assert.strictEqual(vm.memory, GUEST_RAM_BYTES);
       assert.strictEqual(stats.target, vm.memory);
       assert.isAtMost(stats.actual, vm.memory);
-      // The heap cannot give everything: the image, the stack reserve and
-      // one header page per chunk stay with the guest.
+      // The heap cannot give everything, because the image, the stack
+      // reserve and one header page per chunk stay with the guest.
       assert.isBelow(stats.actual, stats.target);
       assert.strictEqual(stats.actual, guestPages * PAGE_SIZE);
       assert.strictEqual(pong, 'pong');

@@ -25,6 +25,10 @@ export function kvmMissingReason(): string | undefined {
 /** Skips the suite with a stated reason where /dev/kvm is unusable. */
 export function requireKvm(context: Mocha.Context): void {
   const reason = kvmMissingReason();
+  if (reason !== undefined && process.env.VMM_REQUIRE_KVM === '1') {
+    // CI sets this: a run that skipped every VM test must not pass.
+    throw new Error(`VMM_REQUIRE_KVM is set but ${reason}`);
+  }
   if (reason !== undefined) {
     // Mocha prints skipped suites as pending; the reason goes with them.
     console.log(`      skipped: ${reason}`);

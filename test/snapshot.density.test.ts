@@ -23,7 +23,8 @@ describe('snapshot clone density', function () {
 
   beforeEach(async function () {
     requireKvm(this);
-    vmm = new VMM();
+    // Resident clones only: no idle hibernation, and room for all of them.
+    vmm = new VMM({ idleMs: 0, maxResident: 2500 });
     original = vmm.createVM({ image: await loadGuest(vmm, 'counter') });
     await original.start();
     await original.call('before snapshot');

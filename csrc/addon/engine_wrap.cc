@@ -172,6 +172,8 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Engine
     Napi::Value workers = options.Get("workers");
     Napi::Value slice = options.Get("sliceMs");
     Napi::Value pool = options.Get("poolSize");
+    Napi::Value max_resident = options.Get("maxResident");
+    Napi::Value idle = options.Get("idleMs");
     if (workers.IsNumber()) {
         double n = workers.As<Napi::Number>().DoubleValue();
         if (!(n >= 1 && n <= 256)) {
@@ -195,6 +197,22 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Engine
             return;
         }
         engine_options.pool_size = static_cast<unsigned>(n);
+    }
+    if (max_resident.IsNumber()) {
+        double n = max_resident.As<Napi::Number>().DoubleValue();
+        if (!(n >= 0 && n <= 100000)) {
+            Napi::RangeError::New(env, "maxResident must be 0-100000").ThrowAsJavaScriptException();
+            return;
+        }
+        engine_options.max_resident = static_cast<uint64_t>(n);
+    }
+    if (idle.IsNumber()) {
+        double ms = idle.As<Napi::Number>().DoubleValue();
+        if (!(ms >= 0 && ms <= 86400000)) {
+            Napi::RangeError::New(env, "idleMs must be 0-86400000").ThrowAsJavaScriptException();
+            return;
+        }
+        engine_options.idle_ms = static_cast<uint64_t>(ms);
     }
 
     std::shared_ptr<KvmSystem> sys;
@@ -375,6 +393,18 @@ Napi::Value EngineWrap::engine_stats(const Napi::CallbackInfo &info) {
     out.Set("created", static_cast<double>(stats.created));
     out.Set("running", static_cast<double>(stats.running));
     out.Set("waiting", static_cast<double>(stats.waiting));
+    out.Set("hibernated", static_cast<double>(stats.hibernated));
+    out.Set("residentContexts", static_cast<double>(stats.resident_contexts));
+    out.Set("maxResident", static_cast<double>(stats.max_resident));
+    out.Set("maxResidentReached", static_cast<double>(stats.max_resident_reached));
+    out.Set("pageStoreBytes", static_cast<double>(stats.page_store_bytes));
+    out.Set("hibernations", static_cast<double>(stats.hibernations));
+    out.Set("wakes", static_cast<double>(stats.wakes));
+    Napi::Array histogram = Napi::Array::New(env, 24);
+    for (uint32_t i = 0; i < 24; i++) {
+        histogram.Set(i, static_cast<double>(stats.wake_histogram[i]));
+    }
+    out.Set("wakeHistogram", histogram);
     out.Set("exited", static_cast<double>(stats.exited));
     out.Set("pooledContexts", static_cast<double>(stats.pooled_contexts));
     out.Set("privateBytes", static_cast<double>(stats.private_bytes));

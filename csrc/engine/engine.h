@@ -33,13 +33,28 @@ struct EngineOptions {
     uint64_t slice_ms = 10;  // time a guest may run while others are queued
     uint64_t spin_us = 300;  // time an idle worker polls the queue before sleeping
     unsigned pool_size = 32;  // KVM contexts kept for reuse after their VMs end
+    // KVM contexts the engine holds at most, in VMs and in the pool. 0 picks
+    // a default from available memory and the file descriptor limit.
+    uint64_t max_resident = 0;
+    // A VM that waits this long gives its KVM context back (hibernates);
+    // 0 never hibernates idle VMs (the cap above still evicts).
+    uint64_t idle_ms = 250;
 };
 
 struct EngineStats {
     uint64_t vms = 0;
-    uint64_t created = 0, running = 0, waiting = 0, exited = 0;
+    uint64_t created = 0, running = 0, waiting = 0, hibernated = 0, exited = 0;
     uint64_t pooled_contexts = 0;
+    uint64_t resident_contexts = 0;  // KVM contexts held by VMs and the pool
+    uint64_t max_resident = 0;
+    uint64_t max_resident_reached = 0;
     uint64_t private_bytes = 0, shared_bytes = 0;
+    uint64_t page_store_bytes = 0;  // hibernated VMs' records and shared pages
+    uint64_t hibernations = 0, wakes = 0;
+    // Wake latency (from the worker taking the VM to its context being ready)
+    // in buckets of powers of two microseconds: bucket i counts wakes of less
+    // than 2^i us (the last bucket, anything longer).
+    uint64_t wake_histogram[24] = {};
 };
 
 struct VmStats {
@@ -137,6 +152,7 @@ private:
         uint64_t deadline_ns;
         uint64_t seq;
         std::weak_ptr<Machine> machine;
+        bool idle = false;  // hibernation timer, not a wait deadline
         bool operator>(const Timer &other) const { return deadline_ns > other.deadline_ns; }
     };
 
@@ -153,7 +169,20 @@ private:
     void release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
                          std::unique_ptr<GuestMemory> memory, bool crashed);
     Status collect_dirty(Machine &m);
+    // Moves a waiting VM's state into the page store and returns its context
+    // to the pool. The calling worker owns the VM.
+    Status hibernate(const std::shared_ptr<Machine> &m);
+    // Restores a hibernated VM into a context. The calling worker owns it.
+    Status wake(Machine &m);
+    // Lists or unlists a resident waiting VM as an eviction candidate.
+    void lru_add_locked(const std::shared_ptr<Machine> &m);
+    void lru_remove_locked(Machine &m);
+    // Hibernates the least recently parked VM to free a context. Returns
+    // false when no VM can give one back.
+    bool evict_one();
     void handle_snapshot_requests(const std::shared_ptr<Machine> &m);
+    // Records that a resident VM began to wait: eviction candidate, idle timer.
+    void park_locked(const std::shared_ptr<Machine> &m);
     // Emits the VM's kStarted event if it has not gone out yet.
     void push_started_locked(Machine &m);
     // Builds one pooled context for prewarm(); returns its status.
@@ -191,6 +220,15 @@ private:
     std::thread watchdog_;
     unsigned running_ = 0;
     std::vector<PooledContext> pool_;    // guarded by mutex_
+    // Resident waiting VMs, least recently parked first; guarded by mutex_.
+    std::list<std::shared_ptr<Machine>> idle_lru_;
+    uint64_t contexts_ = 0;             // KVM contexts alive (VMs + pool); guarded by mutex_
+    uint64_t contexts_peak_ = 0;
+    uint64_t hibernations_ = 0;
+    uint64_t wakes_ = 0;
+    uint64_t wake_histogram_[24] = {};
+    std::atomic<uint64_t> stored_bytes_{0};  // sum of StoredPages::bytes(); relaxed, statistics
+    PageTable page_table_;
     // Background work the workers run when no VM is queued; guarded by mutex_.
     std::deque<std::function<void()>> jobs_;
     // Context releases of VMs that ended off a worker (kill, destroy from

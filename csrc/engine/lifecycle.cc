@@ -54,8 +54,51 @@ Status Engine::acquire_context(uint64_t ram_size, const std::shared_ptr<const Me
                 return status;
             }
             out->source = source;
+            out->restored_from = nullptr;
         }
         return Status::success();
+    }
+
+    // At the cap, hibernate the least recently parked VM and take its
+    // context; a pooled context of another RAM size is freed to make room.
+    while (KvmContext::live() >= options_.max_resident) {
+        std::unique_ptr<KvmContext> surplus;
+        std::unique_ptr<GuestMemory> surplus_memory;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            for (size_t i = 0; i < pool_.size(); i++) {
+                if (pool_[i].memory->size() == ram_size) {
+                    *out = std::move(pool_[i]);
+                    pool_.erase(pool_.begin() + static_cast<std::ptrdiff_t>(i));
+                    break;
+                }
+            }
+            if (!out->kvm && !pool_.empty()) {
+                surplus = std::move(pool_.back().kvm);
+                surplus_memory = std::move(pool_.back().memory);
+                pool_.pop_back();
+            }
+        }
+        if (out->kvm) {
+            if (out->source->id != source->id) {
+                Status status = out->memory->remap(*source);
+                if (!status.ok()) {
+                    return status;
+                }
+                out->source = source;
+                out->restored_from = nullptr;
+            }
+            return Status::success();
+        }
+        if (surplus) {
+            continue;  // freed above; the count dropped
+        }
+        if (!evict_one()) {
+            return Status::failure(
+                "ERR_RESOURCE_LIMIT",
+                format("all %llu KVM contexts (maxResident) are held by running VMs",
+                       static_cast<unsigned long long>(options_.max_resident)));
+        }
     }
 
     auto memory = std::make_unique<GuestMemory>();
@@ -88,6 +131,9 @@ Status Engine::acquire_context(uint64_t ram_size, const std::shared_ptr<const Me
     out->kvm = std::move(ctx);
     out->memory = std::move(memory);
     out->source = source;
+    std::lock_guard<std::mutex> lock(mutex_);
+    uint64_t live = KvmContext::live();
+    contexts_peak_ = live > contexts_peak_ ? live : contexts_peak_;
     return Status::success();
 }
 
@@ -154,9 +200,15 @@ Status Engine::boot_machine(Machine &m) {
     // released. They stay private, so written_pages() reports them for this
     // guest too: its written set can hold pages equal to the source.
     m.dirty = PageBitmap(m.ram_size / VMM_PAGE_SIZE);
+    // A target set before start() (balloon_wake set) survives the reset;
+    // a clone otherwise inherits its snapshot's balloon.
+    const uint64_t requested_target = m.balloon.target();
     m.balloon.reset(m.ram_size / VMM_PAGE_SIZE);
     if (m.snapshot) {
         m.balloon.assign(m.snapshot->balloon_pages(), m.snapshot->balloon_target());
+    }
+    if (m.balloon_wake) {
+        m.balloon.set_target(requested_target);
     }
 
     uint8_t *info_page = ctx.memory->any_range(VMM_BOOT_INFO_ADDR, sizeof(vmm_boot_info));
@@ -323,6 +375,17 @@ void Engine::handle_snapshot_requests(const std::shared_ptr<Machine> &m) {
     }
 }
 
+void Engine::park_locked(const std::shared_ptr<Machine> &m) {
+    m->parked_ns = monotonic_ns();
+    lru_add_locked(m);
+    if (options_.idle_ms > 0) {
+        Timer timer{m->parked_ns + options_.idle_ms * 1000000ull, m->wait_seq, m};
+        timer.idle = true;
+        timers_.push(timer);
+        work_cv_.notify_one();
+    }
+}
+
 void Engine::push_started_locked(Machine &m) {
     if (m.started_pending.exchange(false, std::memory_order_acq_rel)) {
         Event event;
@@ -358,6 +421,41 @@ void Engine::run_machine(const std::shared_ptr<Machine> &m, bool boot) {
             push_started_locked(*m);
         }
     }
+    bool hibernate_now = false;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        hibernate_now = m->hibernate_requested && m->inbox.empty() &&
+                        m->snapshot_requests.empty() && !m->balloon_wake && m->kvm;
+        m->hibernate_requested = false;
+    }
+    if (hibernate_now) {
+        Status status = hibernate(m);
+        if (!status.ok()) {
+            ExitInfo info;
+            info.reason = "crash";
+            info.code = -1;
+            info.message = "hibernation failed: " + status.message;
+            finish(m, std::move(info));
+        } else if (m->kill_requested.load(std::memory_order_acquire)) {
+            ExitInfo info;
+            info.reason = "killed";
+            info.code = -1;
+            info.message = "killed by the host";
+            finish(m, std::move(info));
+        }
+        return;
+    }
+    if (!boot && m->has_stored_state) {
+        Status status = wake(*m);
+        if (!status.ok()) {
+            ExitInfo info;
+            info.reason = "crash";
+            info.code = -1;
+            info.message = "waking from hibernation failed: " + status.message;
+            finish(m, std::move(info));
+            return;
+        }
+    }
     handle_snapshot_requests(m);
     {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -368,6 +466,7 @@ void Engine::run_machine(const std::shared_ptr<Machine> &m, bool boot) {
                 push_started_locked(*m);
                 m->state = VmState::kWaiting;
                 m->worker = -1;
+                park_locked(m);
                 if (m->wait_deadline != 0) {
                     timers_.push(Timer{m->wait_deadline, m->wait_seq, m});
                     work_cv_.notify_one();
@@ -393,6 +492,14 @@ void Engine::finish(const std::shared_ptr<Machine> &m, ExitInfo info) {
         }
         m->state = VmState::kExited;
         m->worker = -1;
+        lru_remove_locked(*m);
+        if (m->has_stored_state) {
+            stored_bytes_.fetch_sub(m->stored.bytes() + m->cpu_runs.capacity(),
+                                    std::memory_order_relaxed);
+            m->stored.release(page_table_);
+            m->cpu_runs = std::vector<uint8_t>();
+            m->has_stored_state = false;
+        }
         m->inbox.clear();
         m->awaiting_reply = 0;
         m->exit = std::make_shared<ExitInfo>(info);

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -16,6 +17,7 @@
 #include "kvm/context.h"
 #include "memory/guest_memory.h"
 #include "memory/image.h"
+#include "memory/page_store.h"
 #include "memory/snapshot.h"
 
 namespace vmm {
@@ -26,6 +28,7 @@ enum class VmState : uint8_t {
     kRunnable,  // queued for a worker
     kRunning,   // on a worker, inside or around KVM_RUN
     kWaiting,   // blocked in VMM_HC_WAIT; holds no thread
+    kHibernated,  // waiting without a KVM context: its state is in the page store
     kExited,    // ended; its KVM context and memory are released
 };
 
@@ -118,6 +121,16 @@ struct Machine {
     std::atomic<bool> started_pending{false};
     std::vector<uint64_t> snapshot_requests;  // request ids waiting for a capture
     bool balloon_wake = false;  // the balloon target changed; end the next wait with -EINTR
+
+    // Hibernation. Guarded by Engine::mutex_, except `stored`, which only
+    // the worker that owns the VM (hibernating or waking it) touches.
+    bool hibernate_requested = false;  // idle too long: give the context back
+    bool has_stored_state = false;     // `stored` and `cpu_runs` hold the VM
+    StoredPages stored;                // pages that differ from the source
+    std::vector<uint8_t> cpu_runs;     // vCPU state, encoded against the base state
+    uint64_t parked_ns = 0;            // when it last began to wait
+    bool in_lru = false;               // listed in Engine::idle_lru_
+    std::list<std::shared_ptr<Machine>>::iterator lru_it;
     std::shared_ptr<ExitInfo> exit;
 
     // Set from any thread, read by the worker after KVM_RUN returns. Release

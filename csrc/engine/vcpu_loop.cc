@@ -77,6 +77,7 @@ public:
         m.state = VmState::kWaiting;
         m.worker = -1;
         m.io_pending = true;
+        engine_.park_locked(machine_);
         if (!m.snapshot_requests.empty()) {
             engine_.make_runnable_locked(machine_);
         }

@@ -71,7 +71,10 @@ Status KvmContext::create(const KvmSystem &sys, std::unique_ptr<KvmContext> *out
     return Status::success();
 }
 
+std::atomic<uint64_t> KvmContext::live_{0};
+
 KvmContext::~KvmContext() {
+    live_.fetch_sub(1, std::memory_order_relaxed);
     if (run_ != nullptr) {
         munmap(run_, run_size_);
     }
