@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 
 import { VMMError } from './errors';
 import { balloonChartSvg, runBalloonBench } from './balloon-bench';
+import { runDensity } from './density';
 import { runFleet } from './fleet';
 import { bundledGuest, listGuests } from './guests';
 import { Progress } from './measure';
@@ -28,6 +29,14 @@ const USAGE = `Usage:
       --clone         boot one VM, snapshot it after its first call, and
                       create the fleet as clones; also cold-boot 50 VMs
                       for comparison and report private memory per clone
+      --json          end with one line of JSON on stdout
+
+  vmm density [--vms N] [--sample N] [--max-resident N] [--json]
+      Snapshot the counter guest after boot, create N clones (default
+      1,000,000) and call each once, let them hibernate, then call a random
+      sample (default 10,000) again. Prints host memory per idle VM, wake
+      latency p50/p99, first calls per second and the most KVM contexts
+      resident at once, with progress on stderr.
       --json          end with one line of JSON on stdout
 
   vmm bench balloon [--json] [--svg FILE]
@@ -163,6 +172,56 @@ async function fleetCommand(args: string[]): Promise<number> {
   return result.distinctReplies === result.vms ? 0 : 1;
 }
 
+async function densityCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      vms: { type: 'string' },
+      sample: { type: 'string' },
+      'max-resident': { type: 'string' },
+      json: { type: 'boolean', default: false },
+    },
+  });
+  if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
+  const vms = positiveInteger('vms', values.vms, 1_000_000);
+  const sample = positiveInteger('sample', values.sample, 10_000);
+  const maxResident = values['max-resident'] === undefined ? undefined : positiveInteger('max-resident', values['max-resident'], 1);
+  const bars = new Map<string, Progress>();
+  const result = await runDensity({
+    vms,
+    sample,
+    maxResident,
+    onProgress: (phase, done, total) => {
+      let bar = bars.get(phase);
+      if (!bar) {
+        bar = new Progress(process.stderr, phase, total);
+        bars.set(phase, bar);
+      }
+      bar.update(done);
+    },
+  });
+  const kib = (bytes: number): string => `${(bytes / 1024).toFixed(1)} KiB`;
+  process.stdout.write(
+    [
+      `idle VMs:             ${result.vms} (${result.hibernated} hibernated), ${result.verified} of ${result.vms + result.sampled} replies verified`,
+      `host memory per VM:   ${kib(result.hostBytesPerIdleVm)} (MemAvailable drop), ${kib(result.rssBytesPerIdleVm)} (process RSS growth)`,
+      `page store per VM:    ${result.pageStoreBytesPerVm} bytes`,
+      `wake (sample ${result.sampled}): p50 ${result.wakeP50Us} us, p99 ${result.wakeP99Us} us`,
+      `first calls:          ${result.firstCallsPerSecond} per second`,
+      `resident contexts:    at most ${result.maxResident} (cap ${result.residentCap})`,
+      '',
+    ].join('\n'),
+  );
+  if (values.json) {
+    const { vms: count, sampled, verified, hostBytesPerIdleVm, wakeP50Us, wakeP99Us, firstCallsPerSecond } = result;
+    process.stdout.write(
+      JSON.stringify({ vms: count, sampled, verified, hostBytesPerIdleVm, wakeP50Us, wakeP99Us, firstCallsPerSecond, maxResident: result.maxResident }) + '\n',
+    );
+  }
+  return result.verified === result.vms + result.sampled ? 0 : 1;
+}
+
 async function benchCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
@@ -212,6 +271,8 @@ export async function main(argv: string[]): Promise<number> {
         return await fleetCommand(rest);
       case 'bench':
         return await benchCommand(rest);
+      case 'density':
+        return await densityCommand(rest);
       case 'help':
       case '--help':
       case '-h':

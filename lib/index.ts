@@ -13,3 +13,5 @@ export { runFleet } from './fleet';
 export type { FleetOptions, FleetResult } from './fleet';
 export { runBalloonBench, balloonChartSvg } from './balloon-bench';
 export type { BalloonBenchResult, MemorySample } from './balloon-bench';
+export { runDensity } from './density';
+export type { DensityOptions, DensityResult } from './density';

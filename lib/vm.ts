@@ -120,10 +120,11 @@ export class VM extends EventEmitter<VMEvents> {
   /** Engine-assigned id, unique within its VMM; the guest reads it too. */
   readonly id: number;
   readonly #host: VMHost;
-  readonly #pending = new Map<number, PendingCall>();
+  // Allocated on first use: a million idle VMs should not carry empty maps.
+  #pending: Map<number, PendingCall> | undefined;
   #decoder: TextDecoder | undefined;
   #exit: VMExit | undefined;
-  #exitWaiters: Array<(exit: VMExit) => void> = [];
+  #exitWaiters: Array<(exit: VMExit) => void> | undefined;
   #startWaiter: { resolve(): void; reject(err: Error): void } | undefined;
   #destroyed = false;
   #snapshots = 0;
@@ -209,7 +210,7 @@ export class VM extends EventEmitter<VMEvents> {
         reject(VMMError.fromNative(err));
         return;
       }
-      this.#pending.set(callId, { resolve, reject });
+      (this.#pending ??= new Map()).set(callId, { resolve, reject });
       this.#updateHold();
     });
   }
@@ -343,7 +344,7 @@ export class VM extends EventEmitter<VMEvents> {
     if (this.#exit) return Promise.resolve(this.#exit);
     if (this.#destroyed) return Promise.reject(this.#destroyedError());
     return new Promise((resolve) => {
-      this.#exitWaiters.push(resolve);
+      (this.#exitWaiters ??= []).push(resolve);
       this.#updateHold();
     });
   }
@@ -367,8 +368,8 @@ export class VM extends EventEmitter<VMEvents> {
       const message = 'destroyed by the host';
       this.#exit = { code: -1, reason: 'killed', detail: { code: -1, reason: 'killed', message } };
     }
-    const waiters = this.#exitWaiters;
-    this.#exitWaiters = [];
+    const waiters = this.#exitWaiters ?? [];
+    this.#exitWaiters = undefined;
     for (const resolve of waiters) resolve(this.#exit);
     if (ended && this.#started) this.emit('exit', this.#exit);
     this.#host.setAlive(this, false);
@@ -418,14 +419,14 @@ export class VM extends EventEmitter<VMEvents> {
         break;
       }
       case 'reply': {
-        const call = this.#pending.get(event.call);
-        this.#pending.delete(event.call);
+        const call = this.#pending?.get(event.call);
+        this.#pending?.delete(event.call);
         call?.resolve(event.data);
         break;
       }
       case 'callFailed': {
-        const call = this.#pending.get(event.call);
-        this.#pending.delete(event.call);
+        const call = this.#pending?.get(event.call);
+        this.#pending?.delete(event.call);
         call?.reject(VMMError.fromNative(event.error));
         break;
       }
@@ -440,8 +441,8 @@ export class VM extends EventEmitter<VMEvents> {
         this.#startWaiter = undefined;
         this.#rejectAll(this.#exitedError());
         this.#host.setAlive(this, false);
-        const waiters = this.#exitWaiters;
-        this.#exitWaiters = [];
+        const waiters = this.#exitWaiters ?? [];
+        this.#exitWaiters = undefined;
         for (const resolve of waiters) resolve(exit);
         this.emit('exit', exit);
         break;
@@ -453,14 +454,15 @@ export class VM extends EventEmitter<VMEvents> {
     const running = this.#started && this.#exit === undefined;
     const held =
       running ||
-      this.#pending.size > 0 ||
+      (this.#pending?.size ?? 0) > 0 ||
       this.#startWaiter !== undefined ||
-      this.#exitWaiters.length > 0 ||
+      (this.#exitWaiters?.length ?? 0) > 0 ||
       this.#snapshots > 0;
     this.#host.hold(this, held && !this.#destroyed);
   }
 
   #rejectAll(err: Error): void {
+    if (!this.#pending) return;
     const pending = [...this.#pending.values()];
     this.#pending.clear();
     for (const call of pending) call.reject(err);

@@ -94,7 +94,7 @@ struct Machine {
 
     // Guarded by Engine::mutex_.
     VmState state = VmState::kCreated;
-    std::deque<Message> inbox;
+    std::list<Message> inbox;  // a list: an empty std::deque allocates about 600 bytes
     uint64_t awaiting_reply = 0;  // call id of the message the guest holds, 0 = none
     bool in_wait = false;         // stopped inside VMM_HC_WAIT
     bool wait_timed_out = false;

@@ -13,23 +13,25 @@
 
 namespace vmm {
 
-// Bitmap of guest pages, one bit per 4 KiB page.
+// Bitmap of guest pages, one bit per 4 KiB page. Its words are allocated on
+// the first set(), so an empty bitmap of a large RAM costs nothing.
 class PageBitmap {
 public:
     PageBitmap() = default;
-    explicit PageBitmap(uint64_t pages) : pages_(pages), words_((pages + 63) / 64, 0) {}
+    explicit PageBitmap(uint64_t pages) : pages_(pages) {}
 
     uint64_t pages() const { return pages_; }
     bool test(uint64_t page) const {
-        return page < pages_ && (words_[page / 64] >> (page % 64)) & 1;
+        return page < pages_ && !words_.empty() && (words_[page / 64] >> (page % 64)) & 1;
     }
     void set(uint64_t page) {
         if (page < pages_) {
+            allocate();
             words_[page / 64] |= 1ull << (page % 64);
         }
     }
     void clear(uint64_t page) {
-        if (page < pages_) {
+        if (page < pages_ && !words_.empty()) {
             words_[page / 64] &= ~(1ull << (page % 64));
         }
     }
@@ -45,6 +47,9 @@ public:
     }
     void clear_all() { std::fill(words_.begin(), words_.end(), 0); }
     void merge(const PageBitmap &other) {
+        if (!other.words_.empty()) {
+            allocate();
+        }
         for (size_t i = 0; i < words_.size() && i < other.words_.size(); i++) {
             words_[i] |= other.words_[i];
         }
@@ -56,10 +61,19 @@ public:
         }
         return n;
     }
-    std::vector<uint64_t> &words() { return words_; }
-    const std::vector<uint64_t> &words() const { return words_; }
+    // The words, allocated: callers that write them directly need all.
+    std::vector<uint64_t> &words() {
+        allocate();
+        return words_;
+    }
 
 private:
+    void allocate() {
+        if (words_.empty() && pages_ > 0) {
+            words_.assign((pages_ + 63) / 64, 0);
+        }
+    }
+
     uint64_t pages_ = 0;
     std::vector<uint64_t> words_;
 };
