@@ -158,6 +158,7 @@ void Engine::shutdown() {
         }
         pool_.clear();
         idle_lru_.clear();
+        context_waiters_.clear();
     }
 }
 
@@ -553,6 +554,16 @@ void Engine::worker_main(unsigned index) {
             releases_pending_.store(releases_.size(), std::memory_order_release);
             lock.unlock();
             release();
+            lock.lock();
+            continue;
+        }
+        if (run_queue_.empty() && pool_.size() < options_.workers && !idle_lru_.empty() &&
+            KvmContext::live() >= options_.max_resident) {
+            // At the cap with no free context: hibernate the least recently
+            // parked VM now, while this worker is idle, so that the next wake
+            // finds a context instead of hibernating one itself.
+            lock.unlock();
+            evict_one();
             lock.lock();
             continue;
         }

@@ -181,6 +181,13 @@ private:
     // false when no VM can give one back.
     bool evict_one();
     void handle_snapshot_requests(const std::shared_ptr<Machine> &m);
+    // Queues a VM that found no free context (state kStarting or kRunnable)
+    // until one comes back.
+    void wait_for_context(const std::shared_ptr<Machine> &m, VmState state);
+    // Moves the first VM waiting for a context back to the run queue.
+    void retry_context_waiter_locked();
+    // Fails the VM's queued calls with `status` and leaves it hibernated.
+    void reject_inbox(const std::shared_ptr<Machine> &m, const Status &status);
     // Records that a resident VM began to wait: eviction candidate, idle timer.
     void park_locked(const std::shared_ptr<Machine> &m);
     // Emits the VM's kStarted event if it has not gone out yet.
@@ -222,6 +229,8 @@ private:
     std::vector<PooledContext> pool_;    // guarded by mutex_
     // Resident waiting VMs, least recently parked first; guarded by mutex_.
     std::list<std::shared_ptr<Machine>> idle_lru_;
+    // VMs that found every context in use; guarded by mutex_.
+    std::deque<std::shared_ptr<Machine>> context_waiters_;
     uint64_t contexts_ = 0;             // KVM contexts alive (VMs + pool); guarded by mutex_
     uint64_t contexts_peak_ = 0;
     uint64_t hibernations_ = 0;
@@ -244,6 +253,9 @@ private:
 };
 
 uint64_t monotonic_ns();
+
+// Internal status code: no context is free now, but one will come back.
+constexpr const char *kContextBusy = "ERR_CONTEXT_BUSY";
 
 // True on the engine's worker threads.
 extern thread_local bool on_worker_thread;

@@ -49,6 +49,14 @@ bool Engine::evict_one() {
         info.code = -1;
         info.message = "hibernation failed: " + status.message;
         finish(victim, std::move(info));
+    } else if (victim->kill_requested.load(std::memory_order_acquire)) {
+        // A kill or destroy arrived while it hibernated; hibernate() left
+        // the end to this caller.
+        ExitInfo info;
+        info.reason = "killed";
+        info.code = -1;
+        info.message = "killed by the host";
+        finish(victim, std::move(info));
     }
     return true;
 }
@@ -63,8 +71,16 @@ Status Engine::hibernate(const std::shared_ptr<Machine> &ptr) {
         }
         m.io_pending = false;
     }
+    // A VM whose context last held its snapshot's full state, and which has
+    // stayed in user mode since (restored_from is cleared on a crash), can
+    // only have changed its user-mode state: three ioctls instead of eight.
     VcpuState cpu;
-    status = cpu.capture(*kvm_, m.kvm->vcpu_fd());
+    if (m.restored_from) {
+        cpu = m.restored_from->cpu();
+        status = cpu.capture_user_state(m.kvm->vcpu_fd());
+    } else {
+        status = cpu.capture(*kvm_, m.kvm->vcpu_fd());
+    }
     if (!status.ok()) {
         return status;
     }
@@ -115,9 +131,12 @@ Status Engine::hibernate(const std::shared_ptr<Machine> &ptr) {
     status = m.memory->restore_pages(written, source);
     PooledContext pooled{std::move(m.kvm), std::move(m.memory), m.source,
                          m.restored_from, {}};
-    if (status.ok() && pooled.restored_from &&
-        !pooled.restored_from->cpu().match_user_state(pooled.kvm->vcpu_fd(), &pooled.match).ok()) {
-        pooled.restored_from = nullptr;
+    if (pooled.restored_from) {
+        // The state just read is the context's state: compare it directly.
+        const VcpuState &base = pooled.restored_from->cpu();
+        pooled.match.sregs =
+            std::memcmp(&cpu.sregs.cs, &base.sregs.cs, sizeof(kvm_segment) * 6) == 0;
+        pooled.match.xsave = cpu.xsave == base.xsave;
     }
     if (status.ok() && !pooled.kvm->complete_pending_io().ok()) {
         status = Status::failure("ERR_KVM_STATE", "completing a pending exit failed");
@@ -128,6 +147,7 @@ Status Engine::hibernate(const std::shared_ptr<Machine> &ptr) {
     if (status.ok() && !stopping_) {
         pool_.push_back(std::move(pooled));
     }
+    retry_context_waiter_locked();
     // A context that failed its reset is freed with `pooled` here.
     m.has_stored_state = true;
     m.hibernate_requested = false;

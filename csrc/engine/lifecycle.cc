@@ -94,10 +94,9 @@ Status Engine::acquire_context(uint64_t ram_size, const std::shared_ptr<const Me
             continue;  // freed above; the count dropped
         }
         if (!evict_one()) {
-            return Status::failure(
-                "ERR_RESOURCE_LIMIT",
-                format("all %llu KVM contexts (maxResident) are held by running VMs",
-                       static_cast<unsigned long long>(options_.max_resident)));
+            // Every context is in use by a VM that runs or is about to:
+            // the caller queues this VM until one comes back.
+            return Status::failure(kContextBusy, "no KVM context is free");
         }
     }
 
@@ -142,11 +141,18 @@ void Engine::release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
     if (!kvm || !memory || !m.source) {
         return;
     }
+    bool keep;
     {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (stopping_ || pool_.size() >= options_.pool_size) {
-            return;  // kvm and memory are freed by their destructors
-        }
+        keep = !stopping_ && (pool_.size() < options_.pool_size || !context_waiters_.empty());
+    }
+    if (!keep) {
+        kvm.reset();
+        memory.reset();
+        // Its slot under the cap is free now.
+        std::lock_guard<std::mutex> lock(mutex_);
+        retry_context_waiter_locked();
+        return;
     }
     // An exit KVM has not completed (the last hypercall, or an exception
     // stub's port write) would be completed by the next KVM_RUN, which then
@@ -172,9 +178,11 @@ void Engine::release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
         pooled.restored_from = nullptr;
     }
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!stopping_ && pool_.size() < options_.pool_size) {
+    if (!stopping_ && (pool_.size() < options_.pool_size || !context_waiters_.empty())) {
         pool_.push_back(std::move(pooled));
     }
+    // A context came back to the pool, or its slot under the cap is free.
+    retry_context_waiter_locked();
 }
 
 Status Engine::collect_dirty(Machine &m) {
@@ -375,9 +383,58 @@ void Engine::handle_snapshot_requests(const std::shared_ptr<Machine> &m) {
     }
 }
 
+void Engine::wait_for_context(const std::shared_ptr<Machine> &m, VmState state) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    m->worker = -1;
+    if (m->kill_requested.load(std::memory_order_acquire)) {
+        // kill() saw it running and left the end to this worker.
+        m->state = VmState::kRunnable;
+        run_queue_.push_back(m);
+        queue_length_.store(run_queue_.size(), std::memory_order_release);
+        work_cv_.notify_one();
+        return;
+    }
+    m->state = state;
+    context_waiters_.push_back(m);
+    // A context may have come back between the failed attempt and now,
+    // with no waiter listed to take it.
+    if (!pool_.empty() || KvmContext::live() < options_.max_resident || !idle_lru_.empty()) {
+        retry_context_waiter_locked();
+    }
+}
+
+void Engine::retry_context_waiter_locked() {
+    while (!context_waiters_.empty()) {
+        std::shared_ptr<Machine> m = std::move(context_waiters_.front());
+        context_waiters_.pop_front();
+        if (m->state == VmState::kStarting || m->state == VmState::kRunnable) {
+            run_queue_.push_back(m);
+            queue_length_.store(run_queue_.size(), std::memory_order_release);
+            work_cv_.notify_one();
+            return;
+        }
+    }
+}
+
+void Engine::reject_inbox(const std::shared_ptr<Machine> &m, const Status &status) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const Message &message : m->inbox) {
+        Event event;
+        event.type = EventType::kCallFailed;
+        event.vm_id = m->id;
+        event.call_id = message.call_id;
+        event.error = status;
+        events_.push(std::move(event));
+    }
+    m->inbox.clear();
+    m->worker = -1;
+    m->state = VmState::kHibernated;
+}
+
 void Engine::park_locked(const std::shared_ptr<Machine> &m) {
     m->parked_ns = monotonic_ns();
     lru_add_locked(m);
+    retry_context_waiter_locked();
     if (options_.idle_ms > 0) {
         Timer timer{m->parked_ns + options_.idle_ms * 1000000ull, m->wait_seq, m};
         timer.idle = true;
@@ -398,6 +455,10 @@ void Engine::push_started_locked(Machine &m) {
 void Engine::run_machine(const std::shared_ptr<Machine> &m, bool boot) {
     if (boot) {
         Status status = boot_machine(*m);
+        if (status.code == kContextBusy) {
+            wait_for_context(m, VmState::kStarting);
+            return;
+        }
         if (!status.ok()) {
             Event event;
             event.type = EventType::kStartFailed;
@@ -447,6 +508,16 @@ void Engine::run_machine(const std::shared_ptr<Machine> &m, bool boot) {
     }
     if (!boot && m->has_stored_state) {
         Status status = wake(*m);
+        if (status.code == kContextBusy) {
+            wait_for_context(m, VmState::kRunnable);
+            return;
+        }
+        if (status.code == "ERR_RESOURCE_LIMIT") {
+            // Out of file descriptors or memory for a new context: the VM
+            // stays hibernated and its queued calls fail with the reason.
+            reject_inbox(m, status);
+            return;
+        }
         if (!status.ok()) {
             ExitInfo info;
             info.reason = "crash";
