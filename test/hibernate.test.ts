@@ -6,9 +6,9 @@ import { loadGuest, parseCounter, requireKvm, settleWithin, sleep, text } from '
 
 const MiB = 1024 * 1024;
 
-// Longest wait for a state the engine reaches on its own, such as idle
-// hibernation after an idleMs of 1 to 20 ms. Far above what that takes, so
-// only a VM that never gets there fails.
+// Maximum wait for a state the engine reaches on its own, such as idle
+// hibernation after an idleMs of 1 to 20 ms. It is far above what that
+// takes, so only a VM that never gets there fails.
 const STATE_LIMIT_MS = 5000;
 const POLL_MS = 2;
 
@@ -21,7 +21,7 @@ async function waitForState(vm: VM, state: VMState, limitMs = STATE_LIMIT_MS): P
   const deadline = Date.now() + limitMs;
   while (vm.state !== state) {
     if (Date.now() > deadline) {
-      throw new Error(`timed out after ${limitMs} ms waiting for VM ${vm.id} to be ${state}; it is ${vm.state}`);
+      throw new Error(`timed out after ${limitMs} ms waiting for VM ${vm.id} to be ${state}. It is ${vm.state}.`);
     }
     await sleep(POLL_MS);
   }
@@ -32,7 +32,7 @@ async function waitUntilParked(vm: VM, limitMs = STATE_LIMIT_MS): Promise<void> 
   const deadline = Date.now() + limitMs;
   while (vm.state !== 'waiting' && vm.state !== 'hibernated') {
     if (Date.now() > deadline) {
-      throw new Error(`timed out after ${limitMs} ms waiting for VM ${vm.id} to wait; it is ${vm.state}`);
+      throw new Error(`timed out after ${limitMs} ms waiting for VM ${vm.id} to wait. It is ${vm.state}.`);
     }
     await sleep(POLL_MS);
   }
@@ -49,7 +49,7 @@ async function waitForStats(
   let stats = vmm.stats();
   while (!done(stats)) {
     if (Date.now() > deadline) {
-      throw new Error(`timed out after ${limitMs} ms waiting for ${expected}; last stats: ${JSON.stringify(stats)}`);
+      throw new Error(`timed out after ${limitMs} ms waiting for ${expected}. Last stats: ${JSON.stringify(stats)}`);
     }
     await sleep(POLL_MS);
     stats = vmm.stats();
@@ -78,7 +78,7 @@ async function counterSnapshot(vmm: VMM, image: Image): Promise<Snapshot> {
   await template.start();
   const deadline = Date.now() + STATE_LIMIT_MS;
   while (template.state !== 'waiting' && template.state !== 'hibernated') {
-    if (Date.now() > deadline) throw new Error(`the counter template never waited; it is ${template.state}`);
+    if (Date.now() > deadline) throw new Error(`the counter template never waited for a message. It is ${template.state}.`);
     await sleep(POLL_MS);
   }
   const snapshot = await template.snapshot();
@@ -160,8 +160,9 @@ describe('hibernation', function () {
 
     /** Boots VM_COUNT counter VMs under the cap and calls each once, in order. */
     async function counterFleet(): Promise<VM[]> {
-      // Two workers whatever the CPU count: idle workers may hibernate VMs
-      // ahead of need to keep contexts free, and how many can depend on it.
+      // Two workers on any host, because idle workers may hibernate VMs
+      // ahead of need to keep contexts free, and how many can depend on
+      // the worker count.
       const engine = await openVMM({ idleMs: 0, maxResident: CAP, workers: 2 });
       const vms: VM[] = [];
       for (let i = 0; i < VM_COUNT; i++) {
@@ -177,11 +178,13 @@ describe('hibernation', function () {
     }
 
     /**
-     * Checks that the resident VMs of `parkOrder` (least recently parked
-     * first) are the most recently parked: hibernated VMs first, then
-     * waiting ones, and the last VM waiting. An idle worker may be
-     * hibernating one VM ahead of need while the states are read: with no
-     * call pending, a VM in state 'running' is on its way to 'hibernated'.
+     * Asserts that the resident VMs of `parkOrder` (least recently parked
+     * first) are the most recently parked ones. So the hibernated VMs come
+     * first, then the waiting ones, and the last VM waits.
+     *
+     * An idle worker may hibernate a VM ahead of need while the states are
+     * read. With no call pending, a VM in state 'running' is on its way to
+     * 'hibernated', so it counts as hibernated.
      */
     function assertResidentSuffix(parkOrder: VM[]): void {
       const states = parkOrder.map((vm) => (vm.state === 'running' ? 'hibernated' : vm.state));
@@ -212,7 +215,7 @@ describe('hibernation', function () {
       // have parked before every resident one.
       assertResidentSuffix(vms);
 
-      // Waking the first VM takes a context; whichever VM gives one back
+      // Waking the first VM takes a context, and whichever VM gives one back
       // must be among the least recently parked. vms[0] parked last now.
       await vms[0].call('again');
       await waitUntilParked(vms[0]);
@@ -251,8 +254,8 @@ describe('hibernation', function () {
   describe('context cap after a destroy', function () {
     it('starts after a destroy at the cap', async function () {
       // destroy() releases the VM's context on a worker thread, after it
-      // returns. A VM started right away must still get a context: none
-      // belongs to a running VM.
+      // returns. A VM started right away must still get a context, because
+      // none belongs to a running VM.
       const engine = await openVMM({ idleMs: 0, maxResident: 1 });
       let previous: VM | undefined;
 
@@ -304,7 +307,7 @@ describe('hibernation', function () {
       for (let i = 0; i < VM_COUNT; i++) clones.push(await startClone(engine, snapshot));
 
       // Each VM gets its calls one after another, each after a random pause
-      // of 0 to 5 ms: with idleMs 1 and 50 VMs over 8 contexts, calls land
+      // of 0 to 5 ms. With idleMs 1 and 50 VMs over 8 contexts, calls land
       // before, during and after the VM's hibernation.
       const runs = await Promise.allSettled(
         clones.map(async (vm) => {
@@ -437,8 +440,10 @@ describe('hibernation', function () {
      * Starts a victim that wrote TOUCH_BYTES, then a VM that needs its
      * context (maxResident 1), and calls `strike` on the victim after a
      * random pause. An idle worker may also hibernate the victim as soon as
-     * it waits, to keep a context free. Returns the victim, the other VM,
-     * its start and the victim's state just before the strike.
+     * it waits, to keep a context free.
+     *
+     * Returns both VMs, the other VM's start() and the victim's state just
+     * before the strike.
      */
     async function strikeDuringEviction(
       engine: VMM,
@@ -476,11 +481,11 @@ describe('hibernation', function () {
         assert.strictEqual(
           settled.status,
           'resolved',
-          `iteration ${i}: kill() did not settle; the victim was ${stateAtStrike} at the kill and is ${victim.state} now`,
+          `iteration ${i}: kill() did not settle. The victim was ${stateAtStrike} at the kill and is ${victim.state} now.`,
         );
         assert.strictEqual(victim.state, 'exited', `iteration ${i}`);
-        // The other VM's start may fail on its own; 'starts after a destroy
-        // at the cap' covers that case.
+        // The other VM's start may fail on its own, a case that 'starts
+        // after a destroy at the cap' covers.
         await starting.catch(() => undefined);
         other.destroy();
         victim.destroy();

@@ -8,7 +8,7 @@ import { VMM } from '../lib/index.js';
 import type { Image, VM, VMExit, VMMOptions } from '../lib/index.js';
 import { consoleContains, errorOf, loadGuest, parseCounter, requireKvm } from './helpers.js';
 
-// The one timing bound of the suite, as in vm.kill.test.ts: VM#kill()
+// The one timing bound of the suite, as in vm.kill.test.ts. VM#kill()
 // documents that a running vCPU is interrupted within milliseconds.
 const KILL_BOUND_MS = 100;
 
@@ -32,8 +32,8 @@ function parseFileLimits(limits: string): FileLimits {
   return { soft: value(match[1]), hard: value(match[2]) };
 }
 
-/** Whether an executable named `name` is on PATH. */
-function onPath(name: string): boolean {
+/** Returns true when an executable named `name` is in a directory on PATH. */
+function isOnPath(name: string): boolean {
   return (process.env.PATH ?? '')
     .split(path.delimiter)
     .some((dir) => dir !== '' && fs.existsSync(path.join(dir, name)));
@@ -150,7 +150,7 @@ describe('scheduling', function () {
     const engine = await openVMM({ workers: 1 });
     const spinner = await spinningVM(engine);
 
-    // The only worker runs the spinner: the counter boots and serves its
+    // The only worker runs the spinner, so the counter boots and serves its
     // calls only because time slices preempt the spinner.
     const counter = engine.createVM({ image: counterImage });
     await counter.start();
@@ -178,7 +178,7 @@ describe('RLIMIT_NOFILE', function () {
     // limit lowered before node starts (ulimit -Sn) is gone before any VMM
     // exists. The child lowers its own soft limit with prlimit(1) instead,
     // checks that it took, and then creates a VMM.
-    if (!onPath('prlimit')) {
+    if (!isOnPath('prlimit')) {
       console.log('      skipped: prlimit (util-linux) is not on PATH');
       this.skip();
     }
@@ -209,7 +209,7 @@ describe('RLIMIT_NOFILE', function () {
   it('caps contexts by a low descriptor limit', async function () {
     // At two descriptors per KVM context, with 256 kept for the rest of the
     // process, a hard limit of 512 leaves room for 128 contexts.
-    if (!onPath('prlimit')) {
+    if (!isOnPath('prlimit')) {
       console.log('      skipped: prlimit (util-linux) is not on PATH');
       this.skip();
     }

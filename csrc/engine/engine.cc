@@ -24,6 +24,16 @@ int kick_signal() { return SIGRTMIN + 6; }
 
 void on_kick(int) {}
 
+Status destroyed_error(uint64_t vm_id) {
+    return Status::failure("ERR_VM_DESTROYED",
+                           format("VM %llu was destroyed", static_cast<unsigned long long>(vm_id)));
+}
+
+Status exited_error(uint64_t vm_id) {
+    return Status::failure("ERR_VM_EXITED",
+                           format("VM %llu has exited", static_cast<unsigned long long>(vm_id)));
+}
+
 void install_kick_handler() {
     static std::once_flag once;
     std::call_once(once, [] {
@@ -183,8 +193,7 @@ Status Engine::snapshot(uint64_t vm_id, uint64_t request_id) {
     std::lock_guard<std::mutex> lock(mutex_);
     std::shared_ptr<Machine> m = find_locked(vm_id);
     if (!m) {
-        return Status::failure("ERR_VM_DESTROYED", format("VM %llu was destroyed",
-                                                          static_cast<unsigned long long>(vm_id)));
+        return destroyed_error(vm_id);
     }
     if (m->state == VmState::kCreated) {
         return Status::failure("ERR_VM_NOT_STARTED",
@@ -192,8 +201,7 @@ Status Engine::snapshot(uint64_t vm_id, uint64_t request_id) {
                                       static_cast<unsigned long long>(vm_id)));
     }
     if (m->state == VmState::kExited) {
-        return Status::failure("ERR_VM_EXITED", format("VM %llu has exited",
-                                                       static_cast<unsigned long long>(vm_id)));
+        return exited_error(vm_id);
     }
     m->snapshot_requests.push_back(request_id);
     switch (m->state) {
@@ -218,12 +226,10 @@ Status Engine::set_balloon(uint64_t vm_id, uint64_t pages) {
     std::lock_guard<std::mutex> lock(mutex_);
     std::shared_ptr<Machine> m = find_locked(vm_id);
     if (!m) {
-        return Status::failure("ERR_VM_DESTROYED", format("VM %llu was destroyed",
-                                                          static_cast<unsigned long long>(vm_id)));
+        return destroyed_error(vm_id);
     }
     if (m->state == VmState::kExited) {
-        return Status::failure("ERR_VM_EXITED", format("VM %llu has exited",
-                                                       static_cast<unsigned long long>(vm_id)));
+        return exited_error(vm_id);
     }
     if (pages > m->ram_size / VMM_PAGE_SIZE) {
         return Status::failure("ERR_BALLOON_TARGET", "the balloon target is larger than guest RAM");
@@ -244,8 +250,7 @@ Status Engine::balloon_stats(uint64_t vm_id, BalloonStats *out) {
         m = find_locked(vm_id);
     }
     if (!m) {
-        return Status::failure("ERR_VM_DESTROYED", format("VM %llu was destroyed",
-                                                          static_cast<unsigned long long>(vm_id)));
+        return destroyed_error(vm_id);
     }
     *out = m->balloon.stats();
     return Status::success();
@@ -304,8 +309,7 @@ Status Engine::start(uint64_t vm_id) {
     }
     std::shared_ptr<Machine> m = find_locked(vm_id);
     if (!m) {
-        return Status::failure("ERR_VM_DESTROYED", format("VM %llu was destroyed",
-                                                          static_cast<unsigned long long>(vm_id)));
+        return destroyed_error(vm_id);
     }
     if (m->state != VmState::kCreated) {
         return Status::failure("ERR_VM_ALREADY_STARTED",
@@ -323,8 +327,7 @@ Status Engine::call(uint64_t vm_id, uint64_t call_id, std::vector<uint8_t> data)
     std::lock_guard<std::mutex> lock(mutex_);
     std::shared_ptr<Machine> m = find_locked(vm_id);
     if (!m) {
-        return Status::failure("ERR_VM_DESTROYED", format("VM %llu was destroyed",
-                                                          static_cast<unsigned long long>(vm_id)));
+        return destroyed_error(vm_id);
     }
     if (m->state == VmState::kCreated) {
         return Status::failure("ERR_VM_NOT_STARTED",
@@ -332,8 +335,7 @@ Status Engine::call(uint64_t vm_id, uint64_t call_id, std::vector<uint8_t> data)
                                       static_cast<unsigned long long>(vm_id)));
     }
     if (m->state == VmState::kExited) {
-        return Status::failure("ERR_VM_EXITED", format("VM %llu has exited",
-                                                       static_cast<unsigned long long>(vm_id)));
+        return exited_error(vm_id);
     }
     m->inbox.push_back(Message{call_id, std::move(data)});
     m->counters.calls.fetch_add(1, std::memory_order_relaxed);
@@ -357,9 +359,7 @@ Status Engine::kill(uint64_t vm_id) {
         std::lock_guard<std::mutex> lock(mutex_);
         std::shared_ptr<Machine> m = find_locked(vm_id);
         if (!m) {
-            return Status::failure("ERR_VM_DESTROYED",
-                                   format("VM %llu was destroyed",
-                                          static_cast<unsigned long long>(vm_id)));
+            return destroyed_error(vm_id);
         }
         m->kill_requested.store(true, std::memory_order_release);
         switch (m->state) {
@@ -372,18 +372,19 @@ Status Engine::kill(uint64_t vm_id) {
         case VmState::kExited:
             break;
         default:
-            // Not on a worker: no vCPU runs, so it can end here. A copy in
-            // the run queue is skipped by the worker that pops it.
+            // Not on a worker: no vCPU runs, so it can end here. Claimed
+            // as running before the lock drops, so that no worker picks it
+            // (to evict, say) before finish() below. A copy in the run
+            // queue is skipped by the worker that pops it.
+            lru_remove_locked(*m);
+            m->state = VmState::kRunning;
+            m->worker = -1;
             finished = m;
             break;
         }
     }
     if (finished) {
-        ExitInfo info;
-        info.reason = "killed";
-        info.code = -1;
-        info.message = "killed by the host";
-        finish(finished, std::move(info));
+        finish(finished, ExitInfo::killed());
     }
     return Status::success();
 }
@@ -407,8 +408,7 @@ Status Engine::stats(uint64_t vm_id, VmStats *out) {
     std::lock_guard<std::mutex> lock(mutex_);
     std::shared_ptr<Machine> m = find_locked(vm_id);
     if (!m) {
-        return Status::failure("ERR_VM_DESTROYED", format("VM %llu was destroyed",
-                                                          static_cast<unsigned long long>(vm_id)));
+        return destroyed_error(vm_id);
     }
     out->state = m->state;
     out->exits = m->counters.exits.load(std::memory_order_relaxed);

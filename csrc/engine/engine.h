@@ -148,6 +148,7 @@ private:
         std::shared_ptr<const Snapshot> restored_from;
         VcpuState::UserStateMatch match;  // of the vCPU against restored_from
     };
+
     struct Timer {
         uint64_t deadline_ns;
         uint64_t seq;
@@ -165,13 +166,22 @@ private:
     // `source` with no page of an earlier guest left.
     Status acquire_context(uint64_t ram_size, const std::shared_ptr<const MemorySource> &source,
                            PooledContext *out);
+    // Moves a pooled context of `ram_size` into `out`, preferring one that
+    // maps `source_id`. Returns false when none fits.
+    bool take_pooled_locked(uint64_t ram_size, uint64_t source_id, PooledContext *out);
+    // Makes a pooled context map `source`. release_context restored the
+    // last guest's written pages, so one that maps it already is clean.
+    static Status point_at_source(const std::shared_ptr<const MemorySource> &source,
+                                  PooledContext *ctx);
     // Returns a finished VM's context to the pool, or frees it when the pool is full.
     void release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
                          std::unique_ptr<GuestMemory> memory, bool crashed);
     Status collect_dirty(Machine &m);
     // Moves a waiting VM's state into the page store and returns its context
-    // to the pool. The calling worker owns the VM.
-    Status hibernate(const std::shared_ptr<Machine> &m);
+    // to the pool. The calling worker owns the VM until this returns; after
+    // that it may touch the VM again only when `killed` is set, which means
+    // a kill arrived and the caller must finish() it.
+    Status hibernate(const std::shared_ptr<Machine> &m, bool *killed);
     // Restores a hibernated VM into a context. The calling worker owns it.
     Status wake(Machine &m);
     // Lists or unlists a resident waiting VM as an eviction candidate.

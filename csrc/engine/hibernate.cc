@@ -42,27 +42,20 @@ bool Engine::evict_one() {
     if (!victim) {
         return false;
     }
-    Status status = hibernate(victim);
+    bool killed = false;
+    Status status = hibernate(victim, &killed);
     if (!status.ok()) {
-        ExitInfo info;
-        info.reason = "crash";
-        info.code = -1;
-        info.message = "hibernation failed: " + status.message;
-        finish(victim, std::move(info));
-    } else if (victim->kill_requested.load(std::memory_order_acquire)) {
-        // A kill or destroy arrived while it hibernated; hibernate() left
-        // the end to this caller.
-        ExitInfo info;
-        info.reason = "killed";
-        info.code = -1;
-        info.message = "killed by the host";
-        finish(victim, std::move(info));
+        finish(victim, ExitInfo::failure("hibernation failed: " + status.message));
+    } else if (killed) {
+        // A kill or destroy arrived while it hibernated.
+        finish(victim, ExitInfo::killed());
     }
     return true;
 }
 
-Status Engine::hibernate(const std::shared_ptr<Machine> &ptr) {
+Status Engine::hibernate(const std::shared_ptr<Machine> &ptr, bool *killed) {
     Machine &m = *ptr;
+    *killed = false;
     Status status;
     if (m.io_pending) {
         status = m.kvm->complete_pending_io();
@@ -154,7 +147,8 @@ Status Engine::hibernate(const std::shared_ptr<Machine> &ptr) {
     m.worker = -1;
     hibernations_++;
     if (m.kill_requested.load(std::memory_order_acquire)) {
-        return Status::success();  // the caller's kill check ends it
+        *killed = true;  // still owned by the caller, which ends it
+        return Status::success();
     }
     m.state = VmState::kHibernated;
     if (!m.inbox.empty() || !m.snapshot_requests.empty() || m.balloon_wake) {

@@ -26,72 +26,64 @@ uint64_t random_u64() {
 
 }  // namespace
 
+bool Engine::take_pooled_locked(uint64_t ram_size, uint64_t source_id, PooledContext *out) {
+    size_t pick = pool_.size();
+    for (size_t i = 0; i < pool_.size(); i++) {
+        if (pool_[i].memory->size() != ram_size) {
+            continue;
+        }
+        pick = i;
+        if (pool_[i].source->id == source_id) {
+            break;  // best case: its RAM already maps this source
+        }
+    }
+    if (pick == pool_.size()) {
+        return false;
+    }
+    *out = std::move(pool_[pick]);
+    pool_.erase(pool_.begin() + static_cast<std::ptrdiff_t>(pick));
+    return true;
+}
+
+Status Engine::point_at_source(const std::shared_ptr<const MemorySource> &source,
+                               PooledContext *ctx) {
+    if (ctx->source->id == source->id) {
+        return Status::success();
+    }
+    Status status = ctx->memory->remap(*source);
+    if (status.ok()) {
+        ctx->source = source;
+        ctx->restored_from = nullptr;
+    }
+    return status;
+}
+
 Status Engine::acquire_context(uint64_t ram_size, const std::shared_ptr<const MemorySource> &source,
                                PooledContext *out) {
     {
         std::lock_guard<std::mutex> lock(mutex_);
-        size_t pick = pool_.size();
-        for (size_t i = 0; i < pool_.size(); i++) {
-            if (pool_[i].memory->size() != ram_size) {
-                continue;
-            }
-            pick = i;
-            if (pool_[i].source->id == source->id) {
-                break;  // best case: its RAM already maps this source
-            }
-        }
-        if (pick < pool_.size()) {
-            *out = std::move(pool_[pick]);
-            pool_.erase(pool_.begin() + static_cast<std::ptrdiff_t>(pick));
-        }
+        take_pooled_locked(ram_size, source->id, out);
     }
     if (out->kvm) {
-        // release_context restored the last guest's written pages, so a
-        // context that maps the same source is clean already.
-        if (out->source->id != source->id) {
-            Status status = out->memory->remap(*source);
-            if (!status.ok()) {
-                return status;
-            }
-            out->source = source;
-            out->restored_from = nullptr;
-        }
-        return Status::success();
+        return point_at_source(source, out);
     }
 
     // At the cap, hibernate the least recently parked VM and take its
     // context; a pooled context of another RAM size is freed to make room.
     while (KvmContext::live() >= options_.max_resident) {
-        std::unique_ptr<KvmContext> surplus;
-        std::unique_ptr<GuestMemory> surplus_memory;
+        PooledContext surplus;
         {
             std::lock_guard<std::mutex> lock(mutex_);
-            for (size_t i = 0; i < pool_.size(); i++) {
-                if (pool_[i].memory->size() == ram_size) {
-                    *out = std::move(pool_[i]);
-                    pool_.erase(pool_.begin() + static_cast<std::ptrdiff_t>(i));
-                    break;
-                }
-            }
-            if (!out->kvm && !pool_.empty()) {
-                surplus = std::move(pool_.back().kvm);
-                surplus_memory = std::move(pool_.back().memory);
+            if (!take_pooled_locked(ram_size, source->id, out) && !pool_.empty()) {
+                surplus = std::move(pool_.back());
                 pool_.pop_back();
             }
         }
         if (out->kvm) {
-            if (out->source->id != source->id) {
-                Status status = out->memory->remap(*source);
-                if (!status.ok()) {
-                    return status;
-                }
-                out->source = source;
-                out->restored_from = nullptr;
-            }
-            return Status::success();
+            return point_at_source(source, out);
         }
-        if (surplus) {
-            continue;  // freed above; the count dropped
+        if (surplus.kvm) {
+            continue;  // freed at the end of this iteration; the count drops
         }
         if (!evict_one()) {
             // Every context is in use by a VM that runs or is about to:
@@ -465,11 +457,7 @@ void Engine::run_machine(const std::shared_ptr<Machine> &m, bool boot) {
             event.vm_id = m->id;
             event.error = status;
             events_.push(std::move(event));
-            ExitInfo info;
-            info.reason = "crash";
-            info.code = -1;
-            info.message = "start failed: " + status.message;
-            finish(m, std::move(info));
+            finish(m, ExitInfo::failure("start failed: " + status.message));
             return;
         }
         // With a message already queued, kStarted goes out with the first
@@ -490,19 +478,14 @@ void Engine::run_machine(const std::shared_ptr<Machine> &m, bool boot) {
         m->hibernate_requested = false;
     }
     if (hibernate_now) {
-        Status status = hibernate(m);
+        // After a successful hibernate() another worker may already own the
+        // VM (a message woke it), so only its own report of a kill counts.
+        bool killed = false;
+        Status status = hibernate(m, &killed);
         if (!status.ok()) {
-            ExitInfo info;
-            info.reason = "crash";
-            info.code = -1;
-            info.message = "hibernation failed: " + status.message;
-            finish(m, std::move(info));
-        } else if (m->kill_requested.load(std::memory_order_acquire)) {
-            ExitInfo info;
-            info.reason = "killed";
-            info.code = -1;
-            info.message = "killed by the host";
-            finish(m, std::move(info));
+            finish(m, ExitInfo::failure("hibernation failed: " + status.message));
+        } else if (killed) {
+            finish(m, ExitInfo::killed());
         }
         return;
     }
@@ -519,11 +502,7 @@ void Engine::run_machine(const std::shared_ptr<Machine> &m, bool boot) {
             return;
         }
         if (!status.ok()) {
-            ExitInfo info;
-            info.reason = "crash";
-            info.code = -1;
-            info.message = "waking from hibernation failed: " + status.message;
-            finish(m, std::move(info));
+            finish(m, ExitInfo::failure("waking from hibernation failed: " + status.message));
             return;
         }
     }

@@ -47,6 +47,24 @@ struct ExitInfo {
     uint64_t cr2 = 0;
     bool has_regs = false;
     kvm_regs regs{};
+
+    // An end by kill(), destroy() or close().
+    static ExitInfo killed() {
+        ExitInfo info;
+        info.reason = "killed";
+        info.code = -1;
+        info.message = "killed by the host";
+        return info;
+    }
+    // A crash outside the guest's own code (a failed start, wake or
+    // hibernation), with `message` saying what failed.
+    static ExitInfo failure(std::string message) {
+        ExitInfo info;
+        info.reason = "crash";
+        info.code = -1;
+        info.message = std::move(message);
+        return info;
+    }
 };
 
 struct Message {

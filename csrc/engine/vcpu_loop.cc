@@ -187,11 +187,7 @@ void Engine::run_vcpu(const std::shared_ptr<Machine> &m) {
     for (;;) {
         if (m->kill_requested.load(std::memory_order_acquire)) {
             account();
-            ExitInfo info;
-            info.reason = "killed";
-            info.code = -1;
-            info.message = "killed by the host";
-            finish(m, std::move(info));
+            finish(m, ExitInfo::killed());
             return;
         }
         if (m->pause_requested.exchange(false, std::memory_order_acq_rel)) {

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "kvm/x86_layout.h"
+#include "memory/snapshot.h"
 #include "vmm_abi.h"
 
 namespace vmm {
@@ -60,13 +61,10 @@ uint64_t Image::layout_bytes() const {
 
 Status Image::build_layout(uint64_t ram_size, std::shared_ptr<const MemorySource> *out) const {
     const uint64_t size = elf_.load_end > VMM_RESERVED_END ? elf_.load_end : VMM_RESERVED_END;
-    int fd = memfd_create("vmm-image", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0) {
-        int err = errno;
-        const char *code = (err == EMFILE || err == ENFILE) ? "ERR_RESOURCE_LIMIT"
-                                                            : "ERR_OUT_OF_MEMORY";
-        return Status::from_errno(code, format("memfd_create failed: %s", std::strerror(err)),
-                                  err, "memfd_create");
+    int fd = -1;
+    Status created = create_memfd("vmm-image", size, &fd);
+    if (!created.ok()) {
+        return created;
     }
     auto fail = [&](const char *syscall) {
         int err = errno;
@@ -76,9 +74,6 @@ Status Image::build_layout(uint64_t ram_size, std::shared_ptr<const MemorySource
                                          std::strerror(err)),
                                   err, syscall);
     };
-    if (ftruncate(fd, static_cast<off_t>(size)) < 0) {
-        return fail("ftruncate");
-    }
     void *map = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (map == MAP_FAILED) {
         return fail("mmap");
@@ -100,8 +95,10 @@ Status Image::build_layout(uint64_t ram_size, std::shared_ptr<const MemorySource
     munmap(map, size);
 
     // Sealed: no VM or later code can change the pages every VM shares.
-    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
-        return fail("fcntl");
+    Status sealed = seal_memfd(fd);
+    if (!sealed.ok()) {
+        close(fd);
+        return sealed;
     }
     source->fd = fd;
     source->size = size;
