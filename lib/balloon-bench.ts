@@ -16,7 +16,7 @@ export interface MemorySample {
   phase: 'touch' | 'free' | 'inflate' | 'deflate' | 'retouch';
 }
 
-/** What {@link runBalloonBench} measured. */
+/** Figures measured by {@link runBalloonBench}. */
 export interface BalloonBenchResult {
   /** Bytes the guest allocated, touched and freed. */
   touchedBytes: number;

@@ -19,7 +19,7 @@ export interface DensityOptions {
   onProgress?: (phase: 'first calls' | 'hibernating' | 'wake sample', done: number, total: number) => void;
 }
 
-/** What {@link runDensity} measured. Latencies are microseconds. */
+/** Figures measured by {@link runDensity}. Latencies are microseconds. */
 export interface DensityResult {
   vms: number;
   sampled: number;
@@ -55,11 +55,11 @@ function parse(bytes: Uint8Array): CounterReply {
 }
 
 /**
- * The density benchmark: snapshots the counter guest after boot, creates
- * `vms` clones and calls each once (each must reply with its own id and
- * count 1), lets them hibernate, then calls a random sample again (each must
- * reply with its own id and count 2), and measures host memory per idle VM,
- * wake latency and first-call throughput.
+ * Runs the density benchmark. It snapshots the counter guest after boot,
+ * creates `vms` clones and calls each once; each must reply with its own id
+ * and count 1. Once they hibernate, it calls a random sample again, and each
+ * must reply with its own id and count 2. It measures host memory per idle
+ * VM, wake latency and first-call throughput.
  *
  * @example
  * ```ts

@@ -23,7 +23,7 @@ export interface FleetOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-/** What {@link runFleet} measured. Latencies are microseconds. */
+/** Figures measured by {@link runFleet}. Latencies are microseconds. */
 export interface FleetResult {
   vms: number;
   /** Distinct VM ids among the replies; equals `vms` when every reply was right. */

@@ -33,8 +33,8 @@ struct EngineOptions {
     uint64_t slice_ms = 10;  // time a guest may run while others are queued
     uint64_t spin_us = 300;  // time an idle worker polls the queue before sleeping
     unsigned pool_size = 32;  // KVM contexts kept for reuse after their VMs end
-    // KVM contexts the engine holds at most, in VMs and in the pool. 0 picks
-    // a default from available memory and the file descriptor limit.
+    // Maximum KVM contexts alive, in VMs and in the pool. 0 picks a default
+    // from available memory and the file descriptor limit.
     uint64_t max_resident = 0;
     // A VM that waits this long gives its KVM context back (hibernates);
     // 0 never hibernates idle VMs (the cap above still evicts).
@@ -113,8 +113,8 @@ public:
     // immediate_exit and a signal. Idempotent. Codes: ERR_VM_DESTROYED.
     Status kill(uint64_t vm_id);
 
-    // Kills the VM if needed and forgets it; its KVM context and memory are
-    // released as soon as no worker uses them. Idempotent.
+    // Kills the VM if needed and removes it from the engine. Its KVM context
+    // and memory are released as soon as no worker uses them. Idempotent.
     void destroy(uint64_t vm_id);
 
     Status stats(uint64_t vm_id, VmStats *out);
@@ -178,9 +178,9 @@ private:
                          std::unique_ptr<GuestMemory> memory, bool crashed);
     Status collect_dirty(Machine &m);
     // Moves a waiting VM's state into the page store and returns its context
-    // to the pool. The calling worker owns the VM until this returns; after
-    // that it may touch the VM again only when `killed` is set, which means
-    // a kill arrived and the caller must finish() it.
+    // to the pool. The calling worker owns the VM until this returns. After
+    // that it may touch the VM only when `killed` is set: a kill arrived, and
+    // the caller must finish() the VM.
     Status hibernate(const std::shared_ptr<Machine> &m, bool *killed);
     // Restores a hibernated VM into a context. The calling worker owns it.
     Status wake(Machine &m);

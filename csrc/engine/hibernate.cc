@@ -83,8 +83,8 @@ Status Engine::hibernate(const std::shared_ptr<Machine> &ptr, bool *killed) {
         return status;
     }
 
-    // Pages: each written page against its source page, which the context
-    // holds again once restore_pages() below has run.
+    // Pages: each written page is encoded against its source page, which
+    // the context contains again once restore_pages() below has run.
     const MemorySource &source = *m.source;
     const PageBitmap ballooned = m.balloon.pages();
     StoredPages stored;

@@ -34,7 +34,7 @@ enum class VmState : uint8_t {
 
 const char *vm_state_name(VmState state);
 
-// Why and how a VM ended. `reason` is one of "exit", "crash", "fault", "killed".
+// The end of a VM. `reason` is one of "exit", "crash", "fault", "killed".
 struct ExitInfo {
     int code = 0;
     std::string reason;

@@ -40,7 +40,7 @@ struct VcpuState {
     // KVM_SET_MSRS count is an error naming the MSR. Code: ERR_KVM_STATE.
     Status restore(int vcpu_fd) const;
 
-    // What of a vCPU's user-mode state still equals this VcpuState.
+    // Parts of a vCPU's user-mode state that still equal this VcpuState.
     struct UserStateMatch {
         bool sregs = false;  // the segment registers (user mode can load selectors)
         bool xsave = false;  // FPU, SSE and extended state
