@@ -251,6 +251,34 @@ describe('hibernation', function () {
     });
   });
 
+  describe('context cap with two VMMs', function () {
+    let other: VMM | undefined;
+
+    afterEach(async function () {
+      await other?.close();
+      other = undefined;
+    });
+
+    it('settles a start under another VMM', async function () {
+      // KVM contexts are counted per process, so contexts that another VMM's
+      // waiting VMs hold count against this VMM's cap, and this VMM cannot
+      // hibernate them. Its start may fail, but it must not wait forever.
+      other = new VMM({ idleMs: 0 });
+      const otherImage = await loadGuest(other, 'counter');
+      for (let i = 0; i < 8; i++) {
+        const vm = other.createVM({ image: otherImage });
+        await vm.start();
+        await vm.call(`hold ${i}`);
+      }
+      const engine = await openVMM({ idleMs: 0, maxResident: 4 });
+      const vm = engine.createVM({ image: counterImage });
+
+      const settled = await settleWithin(vm.start(), SETTLE_MS);
+
+      assert.notStrictEqual(settled.status, 'pending', 'start() did not settle');
+    });
+  });
+
   describe('context cap after a destroy', function () {
     it('starts after a destroy at the cap', async function () {
       // destroy() releases the VM's context on a worker thread, after it

@@ -261,7 +261,7 @@ EngineStats Engine::engine_stats() {
     EngineStats out;
     out.vms = machines_.size();
     out.pooled_contexts = pool_.size();
-    out.resident_contexts = KvmContext::live();
+    out.resident_contexts = contexts_.load(std::memory_order_relaxed);
     out.max_resident = options_.max_resident;
     out.max_resident_reached = contexts_peak_;
     out.page_store_bytes = page_table_.bytes() + stored_bytes_.load(std::memory_order_relaxed);
@@ -558,7 +558,7 @@ void Engine::worker_main(unsigned index) {
             continue;
         }
         if (run_queue_.empty() && pool_.size() < options_.workers && !idle_lru_.empty() &&
-            KvmContext::live() >= options_.max_resident) {
+            contexts_.load(std::memory_order_relaxed) >= options_.max_resident) {
             // At the cap with no free context: hibernate the least recently
             // parked VM now, while this worker is idle, so that the next wake
             // finds a context instead of hibernating one itself.

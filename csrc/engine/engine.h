@@ -241,7 +241,9 @@ private:
     std::list<std::shared_ptr<Machine>> idle_lru_;
     // VMs that found every context in use; guarded by mutex_.
     std::deque<std::shared_ptr<Machine>> context_waiters_;
-    uint64_t contexts_ = 0;             // KVM contexts alive (VMs + pool); guarded by mutex_
+    // This engine's KVM contexts alive, in VMs and the pool: what
+    // max_resident caps. Each context decrements it when destroyed.
+    std::atomic<uint64_t> contexts_{0};
     uint64_t contexts_peak_ = 0;
     uint64_t hibernations_ = 0;
     uint64_t wakes_ = 0;

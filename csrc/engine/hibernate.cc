@@ -122,8 +122,13 @@ Status Engine::hibernate(const std::shared_ptr<Machine> &ptr, bool *killed) {
 
     // The context goes back with the source's content, warm for the next VM.
     status = m.memory->restore_pages(written, source);
-    PooledContext pooled{std::move(m.kvm), std::move(m.memory), m.source,
-                         m.restored_from, {}};
+    PooledContext pooled;
+    {
+        // stats() reads m.memory under mutex_, so it moves under mutex_.
+        std::lock_guard<std::mutex> lock(mutex_);
+        pooled = PooledContext{std::move(m.kvm), std::move(m.memory), m.source,
+                               m.restored_from, {}};
+    }
     if (pooled.restored_from) {
         // The state just read is the context's state: compare it directly.
         const VcpuState &base = pooled.restored_from->cpu();

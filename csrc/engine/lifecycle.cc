@@ -70,7 +70,7 @@ Status Engine::acquire_context(uint64_t ram_size, const std::shared_ptr<const Me
 
     // At the cap, hibernate the least recently parked VM and take its
     // context; a pooled context of another RAM size is freed to make room.
-    while (KvmContext::live() >= options_.max_resident) {
+    while (contexts_.load(std::memory_order_relaxed) >= options_.max_resident) {
         PooledContext surplus;
         {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -98,7 +98,7 @@ Status Engine::acquire_context(uint64_t ram_size, const std::shared_ptr<const Me
         return status;
     }
     std::unique_ptr<KvmContext> ctx;
-    status = KvmContext::create(*kvm_, &ctx);
+    status = KvmContext::create(*kvm_, &ctx, &contexts_);
     if (!status.ok()) {
         return status;
     }
@@ -123,7 +123,7 @@ Status Engine::acquire_context(uint64_t ram_size, const std::shared_ptr<const Me
     out->memory = std::move(memory);
     out->source = source;
     std::lock_guard<std::mutex> lock(mutex_);
-    uint64_t live = KvmContext::live();
+    uint64_t live = contexts_.load(std::memory_order_relaxed);
     contexts_peak_ = live > contexts_peak_ ? live : contexts_peak_;
     return Status::success();
 }
@@ -390,7 +390,8 @@ void Engine::wait_for_context(const std::shared_ptr<Machine> &m, VmState state) 
     context_waiters_.push_back(m);
     // A context may have come back between the failed attempt and now,
     // with no waiter listed to take it.
-    if (!pool_.empty() || KvmContext::live() < options_.max_resident || !idle_lru_.empty()) {
+    if (!pool_.empty() || contexts_.load(std::memory_order_relaxed) < options_.max_resident ||
+        !idle_lru_.empty()) {
         retry_context_waiter_locked();
     }
 }

@@ -77,7 +77,7 @@ Status Engine::prewarm_one(const std::shared_ptr<const Snapshot> &snapshot) {
     Machine scratch(0, nullptr, snapshot, snapshot->ram_size(), std::string());
     scratch.memory = std::make_unique<GuestMemory>();
     Status status = scratch.memory->map(*source, snapshot->ram_size());
-    if (status.ok()) status = KvmContext::create(*kvm_, &scratch.kvm);
+    if (status.ok()) status = KvmContext::create(*kvm_, &scratch.kvm, &contexts_);
     if (status.ok()) status = scratch.kvm->map_ram(scratch.memory->host(), snapshot->ram_size());
     if (status.ok()) status = snapshot->cpu().restore(scratch.kvm->vcpu_fd());
     if (!status.ok()) {

@@ -35,8 +35,14 @@ Status ioctl_error(const char *what, int err) {
 
 }  // namespace
 
-Status KvmContext::create(const KvmSystem &sys, std::unique_ptr<KvmContext> *out) {
+Status KvmContext::create(const KvmSystem &sys, std::unique_ptr<KvmContext> *out,
+                          std::atomic<uint64_t> *owner_count) {
     std::unique_ptr<KvmContext> ctx(new KvmContext());
+    if (owner_count != nullptr) {
+        // Relaxed: a count for a cap, not ordering other memory.
+        owner_count->fetch_add(1, std::memory_order_relaxed);
+        ctx->owner_count_ = owner_count;
+    }
 
     ctx->vm_fd_ = ioctl_retry(sys.fd(), KVM_CREATE_VM, 0);
     if (ctx->vm_fd_ < 0) {
@@ -75,6 +81,9 @@ std::atomic<uint64_t> KvmContext::live_{0};
 
 KvmContext::~KvmContext() {
     live_.fetch_sub(1, std::memory_order_relaxed);
+    if (owner_count_ != nullptr) {
+        owner_count_->fetch_sub(1, std::memory_order_relaxed);
+    }
     if (run_ != nullptr) {
         munmap(run_, run_size_);
     }

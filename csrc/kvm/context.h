@@ -18,7 +18,10 @@ public:
     // Creates the VM and its vCPU, maps kvm_run and installs the supported
     // CPUID table. Codes: ERR_KVM_CREATE (errno and syscall set),
     // ERR_RESOURCE_LIMIT when the process is out of file descriptors.
-    static Status create(const KvmSystem &sys, std::unique_ptr<KvmContext> *out);
+    // `owner_count`, if given, counts this context while it lives; an
+    // engine uses it to cap its own contexts.
+    static Status create(const KvmSystem &sys, std::unique_ptr<KvmContext> *out,
+                         std::atomic<uint64_t> *owner_count = nullptr);
 
     ~KvmContext();
     KvmContext(const KvmContext &) = delete;
@@ -67,6 +70,7 @@ public:
 private:
     KvmContext() { live_.fetch_add(1, std::memory_order_relaxed); }
     static std::atomic<uint64_t> live_;
+    std::atomic<uint64_t> *owner_count_ = nullptr;
 
     int vm_fd_ = -1;
     int vcpu_fd_ = -1;
