@@ -234,7 +234,9 @@ Status Engine::set_balloon(uint64_t vm_id, uint64_t pages) {
     if (pages > m->ram_size / VMM_PAGE_SIZE) {
         return Status::failure("ERR_BALLOON_TARGET", "the balloon target is larger than guest RAM");
     }
-    if (m->balloon.set_target(pages)) {
+    // Before start() a target is recorded even when it equals the current
+    // one, because a clone replaces the current one with its snapshot's.
+    if (m->balloon.set_target(pages) || m->state == VmState::kCreated) {
         m->balloon_wake = true;
         if (m->state == VmState::kWaiting || m->state == VmState::kHibernated) {
             make_runnable_locked(m);

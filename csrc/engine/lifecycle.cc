@@ -203,11 +203,18 @@ Status Engine::boot_machine(Machine &m) {
     // A target set before start() (balloon_wake set) survives the reset;
     // a clone otherwise inherits its snapshot's balloon.
     const uint64_t requested_target = m.balloon.target();
+    const bool target_requested = m.balloon_wake;
     m.balloon.reset(m.ram_size / VMM_PAGE_SIZE);
-    if (m.snapshot) {
+    // A snapshot loaded from a file carries no balloon (an empty bitmap).
+    if (m.snapshot && m.snapshot->balloon_pages().pages() > 0) {
         m.balloon.assign(m.snapshot->balloon_pages(), m.snapshot->balloon_target());
+        // Taken after a new target but before the guest acted on it: the
+        // clone's first wait must tell the guest.
+        if (m.snapshot->balloon_target() * VMM_PAGE_SIZE != m.balloon.stats().actual_bytes) {
+            m.balloon_wake = true;
+        }
     }
-    if (m.balloon_wake) {
+    if (target_requested) {
         m.balloon.set_target(requested_target);
     }
 

@@ -82,8 +82,10 @@ enum vmm_hypercall_nr {
     VMM_HC_EXIT = 2,
     /* args: buf, cap, deadline (CLOCK_MONOTONIC ns, absolute; 0 = none).
      * Blocks until a message arrives or the deadline passes.
-     * ret: message length, -VMM_ETIMEDOUT, or -VMM_EMSGSIZE when the next
-     * message is longer than cap (the message stays queued). */
+     * ret: message length, -VMM_ETIMEDOUT, -VMM_EFAULT for a bad buffer,
+     * -VMM_EINTR when the balloon target changed and no message is queued,
+     * or -VMM_EMSGSIZE when the next message is longer than cap (the
+     * message stays queued). */
     VMM_HC_WAIT = 3,
     /* args: buf, len. Replies to the last message that VMM_HC_WAIT returned.
      * ret: 0, -VMM_EINVAL when no message awaits a reply,
@@ -109,7 +111,8 @@ enum vmm_hypercall_nr {
      * frame already in the balloon counts once. ret: frames newly added. */
     VMM_HC_BALLOON_INFLATE = 9,
     /* args: frames, count (<= VMM_BALLOON_BATCH). Takes the pages back from
-     * the balloon; each reads as its image or snapshot content, or zero.
+     * the balloon; each reads as its image or snapshot content, or zero,
+     * unless the guest wrote it while it was in the balloon.
      * ret: frames removed. */
     VMM_HC_BALLOON_DEFLATE = 10,
     /* args: addr, len. Reports a free range: the host drops the whole pages
@@ -126,7 +129,7 @@ enum vmm_clock_id {
 };
 
 /* Errors, returned negated in vmm_hypercall.ret. Values match Linux errno. */
-#define VMM_EINTR 4      /* a wait ended early: the balloon target changed */
+#define VMM_EINTR 4      /* a wait returned early: the balloon target changed */
 #define VMM_EFAULT 14    /* a buffer lies outside guest RAM or in the reserved area */
 #define VMM_EINVAL 22    /* an argument is invalid */
 #define VMM_ENOSYS 38    /* unknown hypercall number */

@@ -238,7 +238,7 @@ void *vmm_realloc(void *ptr, size_t size);
  * Turns free page reporting on or off (on by default). With it on,
  * vmm_free() of a block of VMM_FREE_REPORT_MIN bytes or more reports the
  * whole pages inside it to the host, which drops them; the memory stays the
- * guest's and reads as zero or its image content until written.
+ * guest's and reads as its image or snapshot content, or zero, until written.
  */
 void vmm_set_free_page_reporting(int enabled);
 
@@ -248,8 +248,10 @@ void vmm_free_unreported(void *ptr);
 /**
  * Acts on the host's balloon target: takes free pages from the allocator and
  * hands them to the host until the balloon holds the target, or takes pages
- * back and frees them when the target is lower. Never takes pages in use;
- * when the heap has no more free pages, the balloon stays below its target.
+ * back and frees them when the target is lower. Never takes pages in use.
+ * It works in chunks of up to 256 pages: it stops below the target when no
+ * free block fits the next chunk, and a deflate returns whole chunks, so the
+ * balloon can end up to 255 pages below a lower target.
  * vmm_serve() calls it whenever a wait returns -VMM_EINTR.
  *
  * @returns pages in the balloon afterwards.
@@ -273,8 +275,9 @@ typedef int64_t (*vmm_handler)(const uint8_t *req, size_t len, uint8_t *reply, s
  * calls `handler` and replies with the handler's result.
  *
  * Allocates a VMM_MSG_MAX request buffer and reply buffer from the heap. When
- * the allocation or a wait fails, it prints the reason to the console and
- * ends the VM with exit code 1. A failed reply is printed and the loop goes on.
+ * the allocation or a combined reply and wait fails, it prints the reason to
+ * the console and ends the VM with exit code 1. When a wait returns
+ * -VMM_EINTR it calls vmm_balloon_update() and waits again.
  */
 _Noreturn void vmm_serve(vmm_handler handler);
 
