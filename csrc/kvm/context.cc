@@ -68,8 +68,10 @@ Status KvmContext::create(const KvmSystem &sys, std::unique_ptr<KvmContext> *out
     }
     ctx->run_ = static_cast<kvm_run *>(run);
 
-    ctx->sync_regs_ = (ioctl(sys.fd(), KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS) &
-                       KVM_SYNC_X86_REGS) != 0;
+    int sync = ioctl(sys.fd(), KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS);
+    ctx->sync_regs_ = sync > 0 && (sync & KVM_SYNC_X86_REGS) != 0;
+    ctx->sync_sregs_ = sync > 0 && (sync & KVM_SYNC_X86_REGS) != 0 &&
+                       (sync & KVM_SYNC_X86_SREGS) != 0;
     if (ioctl_retry(ctx->vcpu_fd_, uapi::kSetCpuid2, sys.cpuid()) < 0) {
         return ioctl_error("KVM_SET_CPUID2", errno);
     }
@@ -116,6 +118,24 @@ Status KvmContext::complete_pending_io() {
     if (err != 0 && err != EINTR) {
         return ioctl_error("KVM_RUN", err);
     }
+    return Status::success();
+}
+
+Status KvmContext::complete_pending_io_and_read(kvm_regs *regs, kvm_sregs *sregs) {
+    if (!sync_sregs_) {
+        Status status = complete_pending_io();
+        if (status.ok()) status = get_regs(regs);
+        if (status.ok()) status = get_sregs(sregs);
+        return status;
+    }
+    run_->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+    Status status = complete_pending_io();
+    run_->kvm_valid_regs = 0;
+    if (!status.ok()) {
+        return status;
+    }
+    *regs = run_->s.regs.regs;
+    *sregs = run_->s.regs.sregs;
     return Status::success();
 }
 

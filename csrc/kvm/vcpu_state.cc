@@ -121,6 +121,13 @@ Status VcpuState::capture_user_state(int vcpu_fd) {
     return Status::success();
 }
 
+Status VcpuState::capture_xsave(int vcpu_fd) {
+    if (ioctl(vcpu_fd, uapi::kGetXsave2, xsave.data()) < 0) {
+        return state_error("KVM_GET_XSAVE2", errno);
+    }
+    return Status::success();
+}
+
 Status VcpuState::restore(int vcpu_fd) const {
     // Special registers first (paging, EFER), then the rest. MSRs keep the
     // order of saved_msrs(), which puts IA32_TSC first.

@@ -35,6 +35,9 @@ struct VcpuState {
     // fully restored to.
     Status capture_user_state(int vcpu_fd);
 
+    // Reads only the XSAVE area; the caller has set regs and sregs.
+    Status capture_xsave(int vcpu_fd);
+
     // Writes every part to `vcpu_fd`, TSC first among the MSRs so that
     // anything computed from it sees the restored value. A short
     // KVM_SET_MSRS count is an error naming the MSR. Code: ERR_KVM_STATE.

@@ -47,6 +47,13 @@ std::vector<uint8_t> encode_runs(const uint8_t *base, const uint8_t *current, si
     std::vector<uint8_t> out;
     size_t i = 0;
     while (i < size) {
+        // Skip equal 8-byte words first: most of a page or state is unchanged.
+        while (i + 8 <= size && std::memcmp(base + i, current + i, 8) == 0) {
+            i += 8;
+        }
+        if (i >= size) {
+            break;
+        }
         if (base[i] == current[i]) {
             i++;
             continue;
