@@ -148,8 +148,11 @@ void Engine::release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
     }
     // An exit KVM has not completed (the last hypercall, or an exception
     // stub's port write) would be completed by the next KVM_RUN, which then
-    // writes that old instruction's end into the next guest's rip.
-    if (!kvm->complete_pending_io().ok()) {
+    // writes that old instruction's end into the next guest's rip. The same
+    // KVM_RUN returns the segment registers, compared below.
+    kvm_regs regs{};
+    kvm_sregs sregs{};
+    if (!kvm->complete_pending_io_and_read(&regs, &sregs).ok()) {
         return;
     }
     // Copy the source back into every page the guest or the VMM wrote, so
@@ -165,9 +168,14 @@ void Engine::release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
     // restore next time.
     PooledContext pooled{std::move(kvm), std::move(memory), m.source,
                          crashed ? nullptr : m.restored_from, {}};
-    if (pooled.restored_from &&
-        !pooled.restored_from->cpu().match_user_state(pooled.kvm->vcpu_fd(), &pooled.match).ok()) {
-        pooled.restored_from = nullptr;
+    if (pooled.restored_from) {
+        const VcpuState &base = pooled.restored_from->cpu();
+        pooled.match.sregs = std::memcmp(&sregs.cs, &base.sregs.cs, sizeof(kvm_segment) * 6) == 0;
+        // Read here, off the next clone's path, so that its start can skip
+        // KVM_SET_XSAVE when the area still equals the snapshot's.
+        VcpuState current = base;
+        pooled.match.xsave =
+            current.capture_xsave(pooled.kvm->vcpu_fd()).ok() && current.xsave == base.xsave;
     }
     std::lock_guard<std::mutex> lock(mutex_);
     if (!stopping_ && (pool_.size() < options_.pool_size || !context_waiters_.empty())) {
