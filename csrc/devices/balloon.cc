@@ -67,14 +67,15 @@ uint64_t Balloon::inflate(GuestMemory &memory, const uint64_t *frames, uint64_t 
 
 uint64_t Balloon::deflate(const uint64_t *frames, uint64_t count) {
     std::lock_guard<std::mutex> lock(mutex_);
+    const uint64_t first_frame = VMM_RESERVED_END / VMM_PAGE_SIZE;
     uint64_t removed = 0;
     for (uint64_t i = 0; i < count; i++) {
         uint64_t frame = frames[i];
-        if (frame < pages_.pages() && pages_.test(frame)) {
+        if (frame >= pages_.pages() || frame < first_frame) {
+            invalid_frames_++;  // counted as inflate counts them
+        } else if (pages_.test(frame)) {
             pages_.clear(frame);
             removed++;
-        } else if (frame >= pages_.pages()) {
-            invalid_frames_++;
         }
     }
     return removed;
