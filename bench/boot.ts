@@ -7,27 +7,14 @@ import * as path from 'node:path';
 import { Bench } from 'tinybench';
 
 import { VMM, bundledGuest, runFleet } from '../lib/index';
-import { percentile } from '../lib/measure';
-
-interface Figure {
-  p50Us: number;
-  p99Us: number;
-  samples: number;
-}
+import { latencyFigure } from '../lib/measure';
+import type { LatencyFigure } from '../lib/measure';
 
 interface Target {
   name: string;
   value: number;
   limit: number;
   unit: string;
-}
-
-function figure(samplesMs: readonly number[]): Figure {
-  return {
-    p50Us: Math.round(percentile(samplesMs, 0.5) * 1000),
-    p99Us: Math.round(percentile(samplesMs, 0.99) * 1000),
-    samples: samplesMs.length,
-  };
 }
 
 function machine(): Record<string, string | number> {
@@ -80,9 +67,9 @@ async function main(): Promise<void> {
   await bench.warmup();
   await bench.run();
 
-  const results: Record<string, Figure> = {};
+  const results: Record<string, LatencyFigure> = {};
   for (const task of bench.tasks) {
-    results[task.name] = figure(task.result?.samples ?? []);
+    results[task.name] = latencyFigure(task.result?.samples ?? []);
   }
   await vmm.close();
 

@@ -8,21 +8,8 @@ import * as path from 'node:path';
 import { Bench } from 'tinybench';
 
 import { VMM, bundledGuest, runFleet } from '../lib/index';
-import { nowUs, percentile } from '../lib/measure';
-
-interface Figure {
-  p50Us: number;
-  p99Us: number;
-  samples: number;
-}
-
-function figure(samplesMs: readonly number[]): Figure {
-  return {
-    p50Us: Math.round(percentile(samplesMs, 0.5) * 1000),
-    p99Us: Math.round(percentile(samplesMs, 0.99) * 1000),
-    samples: samplesMs.length,
-  };
-}
+import { latencyFigure, nowUs, percentile } from '../lib/measure';
+import type { LatencyFigure } from '../lib/measure';
 
 async function main(): Promise<void> {
   const fleetVms = Number(process.env.BENCH_FLEET_VMS ?? 1000);
@@ -31,7 +18,7 @@ async function main(): Promise<void> {
   const image = await vmm.loadImage(bundledGuest('counter'));
   const coldImage = await cold.loadImage(bundledGuest('counter'));
 
-  // A template with a larger memory footprint makes save and load figures meaningful.
+  // The template the clones come from, snapshotted after one call.
   const template = vmm.createVM({ image });
   await template.start();
   await template.call('template');
@@ -56,8 +43,8 @@ async function main(): Promise<void> {
   process.stderr.write('running cold boot and clone tasks (about 5 s)\n');
   await bench.warmup();
   await bench.run();
-  const results: Record<string, Figure> = {};
-  for (const task of bench.tasks) results[task.name] = figure(task.result?.samples ?? []);
+  const results: Record<string, LatencyFigure> = {};
+  for (const task of bench.tasks) results[task.name] = latencyFigure(task.result?.samples ?? []);
 
   // Save and load throughput, over the bytes the file holds.
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-bench-'));

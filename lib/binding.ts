@@ -2,6 +2,10 @@
 // loads it; everything else imports the types and `native` from here.
 import * as path from 'node:path';
 
+// Type-only imports: the public types document the objects the addon returns.
+import type { VMStats } from './vm';
+import type { VMMStats } from './vmm';
+
 /** Error fields the addon sets on the errors it throws or reports in events. */
 export interface NativeErrorFields {
   code: string;
@@ -10,7 +14,7 @@ export interface NativeErrorFields {
   syscall?: string;
 }
 
-/** How a VM ended, as the engine reports it. Addresses are hex strings. */
+/** The end of a VM, as the engine reports it. Addresses are hex strings. */
 export interface NativeExit {
   code: number;
   reason: 'exit' | 'crash' | 'fault' | 'killed';
@@ -37,21 +41,6 @@ export type NativeEvent =
 
 export type NativeVMState = 'created' | 'starting' | 'running' | 'waiting' | 'hibernated' | 'exited' | 'destroyed';
 
-export interface NativeVMStats {
-  state: NativeVMState;
-  exits: number;
-  hypercalls: number;
-  hypercallErrors: number;
-  calls: number;
-  replies: number;
-  runNs: number;
-  consoleBytes: number;
-  consoleDroppedBytes: number;
-  privateBytes: number;
-  sharedBytes: number;
-  memoryBytes: number;
-}
-
 export interface NativeImage {
   readonly entry: number;
   readonly loadEnd: number;
@@ -74,30 +63,11 @@ export interface NativeBalloonStats {
   invalidFrames: number;
 }
 
-export interface NativeEngineStats {
-  vms: number;
-  created: number;
-  running: number;
-  waiting: number;
-  hibernated: number;
-  exited: number;
-  pooledContexts: number;
-  residentContexts: number;
-  maxResident: number;
-  maxResidentReached: number;
-  pageStoreBytes: number;
-  hibernations: number;
-  wakes: number;
-  wakeHistogram: number[];
-  privateBytes: number;
-  sharedBytes: number;
-}
-
 export interface NativeEngine {
   create(image: NativeImage, ramSize: number, cmdline: string): number;
   createClone(snapshot: NativeSnapshot): number;
   snapshot(vm: number, request: number): void;
-  engineStats(): NativeEngineStats;
+  engineStats(): VMMStats;
   prewarm(snapshot: NativeSnapshot, count: number, request: number): void;
   setBalloon(vm: number, pages: number): void;
   balloonStats(vm: number): NativeBalloonStats;
@@ -105,7 +75,7 @@ export interface NativeEngine {
   call(vm: number, call: number, payload: Uint8Array): void;
   kill(vm: number): void;
   destroy(vm: number): void;
-  stats(vm: number): NativeVMStats;
+  stats(vm: number): VMStats;
   state(vm: number): NativeVMState;
   shutdown(): void;
   ref(): void;

@@ -85,16 +85,19 @@ function describe(value: unknown): string {
   return `an instance of ${value.constructor?.name ?? 'Object'}`;
 }
 
+/** What a checked value is: a field of an options object, or a parameter. */
+export type ValueKind = 'option' | 'argument';
+
 /** A TypeError in the shape "The "name" option must be X. Received Y". */
-export function invalidType(name: string, expected: string, value: unknown): TypeError {
-  const err = new TypeError(`The "${name}" option must be ${expected}. Received ${describe(value)}`);
+export function invalidType(name: string, expected: string, value: unknown, kind: ValueKind = 'option'): TypeError {
+  const err = new TypeError(`The "${name}" ${kind} must be ${expected}. Received ${describe(value)}`);
   (err as TypeError & { code: string }).code = 'ERR_INVALID_ARG_TYPE';
   return err;
 }
 
 /** A RangeError in the shape "The "name" option must be X. Received Y". */
-export function outOfRange(name: string, expected: string, value: unknown): RangeError {
-  const err = new RangeError(`The "${name}" option must be ${expected}. Received ${describe(value)}`);
+export function outOfRange(name: string, expected: string, value: unknown, kind: ValueKind = 'option'): RangeError {
+  const err = new RangeError(`The "${name}" ${kind} must be ${expected}. Received ${describe(value)}`);
   (err as RangeError & { code: string }).code = 'ERR_OUT_OF_RANGE';
   return err;
 }

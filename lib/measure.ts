@@ -13,6 +13,22 @@ export function percentile(values: readonly number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, rank - 1))];
 }
 
+/** Median and 99th percentile of a benchmark's samples, in microseconds. */
+export interface LatencyFigure {
+  p50Us: number;
+  p99Us: number;
+  samples: number;
+}
+
+/** Summarizes tinybench samples, which are in milliseconds. */
+export function latencyFigure(samplesMs: readonly number[]): LatencyFigure {
+  return {
+    p50Us: Math.round(percentile(samplesMs, 0.5) * 1000),
+    p99Us: Math.round(percentile(samplesMs, 0.99) * 1000),
+    samples: samplesMs.length,
+  };
+}
+
 /** MemAvailable from /proc/meminfo, in bytes. */
 export function memAvailableBytes(): number {
   const match = /^MemAvailable:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'));

@@ -62,7 +62,7 @@ export class Snapshot {
    * ```
    */
   async save(file: string): Promise<void> {
-    if (typeof file !== 'string' || file.length === 0) throw invalidType('path', 'a non-empty string', file);
+    if (typeof file !== 'string' || file.length === 0) throw invalidType('path', 'a non-empty string', file, 'argument');
     try {
       await native.saveSnapshot(this.#native, path.resolve(file));
     } catch (err) {

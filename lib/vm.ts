@@ -9,7 +9,7 @@ import { Snapshot } from './snapshot';
 export type VMState = NativeVMState;
 
 /**
- * How a VM ended. `reason` is `exit` (the guest exited with `code`), `crash`
+ * The end of a VM. `reason` is `exit` (the guest exited with `code`), `crash`
  * (an exception, triple fault or KVM error; `detail` carries the vector, rip,
  * cr2 and registers), `fault` (the guest passed the VMM an invalid address
  * where no error could be returned) or `killed` (by {@link VM.kill},
@@ -49,7 +49,7 @@ export interface VMStats {
 
 /** Guest memory a VM holds on the host, from {@link VM.memoryStats}. */
 export interface VMMemoryStats {
-  /** Resident pages only this VM holds (pages it wrote), in bytes. */
+  /** Resident pages private to this VM (pages it wrote), in bytes. */
   privateBytes: number;
   /** Resident pages shared with its image or snapshot, in bytes. */
   sharedBytes: number;
@@ -93,7 +93,7 @@ export interface VMHost {
    * Keeps the VM reachable from its VMM while it runs (started, not ended)
    * or has a pending Promise. Like a child process, a started VM goes on
    * until it exits or is destroyed, whether or not the caller keeps a
-   * reference; collecting it would drop its events and pending calls.
+   * reference, because collecting it would drop its events and pending calls.
    */
   hold(vm: VM, held: boolean): void;
   /** Destroys the native VM; does nothing once the VMM is closed. */
@@ -148,7 +148,7 @@ export class VM extends EventEmitter<VMEvents> {
     return this.#host.engine().state(this.id);
   }
 
-  /** How the VM ended, once it has. */
+  /** The VM's end, once it has ended. */
   get exitInfo(): VMExit | undefined {
     return this.#exit;
   }
@@ -196,9 +196,9 @@ export class VM extends EventEmitter<VMEvents> {
     let bytes: Uint8Array;
     if (typeof payload === 'string') bytes = encoder.encode(payload);
     else if (payload instanceof Uint8Array) bytes = payload;
-    else return Promise.reject(invalidType('payload', 'a Uint8Array or a string', payload));
+    else return Promise.reject(invalidType('payload', 'a Uint8Array or a string', payload, 'argument'));
     if (bytes.byteLength > 65536) {
-      return Promise.reject(outOfRange('payload', 'at most 65536 bytes', `${bytes.byteLength} bytes`));
+      return Promise.reject(outOfRange('payload', 'at most 65536 bytes', `${bytes.byteLength} bytes`, 'argument'));
     }
     if (this.#destroyed) return Promise.reject(this.#destroyedError());
     if (this.#exit) return Promise.reject(this.#exitedError());
@@ -259,8 +259,8 @@ export class VM extends EventEmitter<VMEvents> {
   }
 
   /**
-   * Reads how much guest memory the VM holds on the host, split into pages
-   * only it holds and pages shared with its image or snapshot.
+   * Reads the guest memory the VM takes on the host, split into pages
+   * private to it and pages shared with its image or snapshot.
    *
    * @throws VMMError `ERR_VM_DESTROYED`
    */
@@ -272,7 +272,7 @@ export class VM extends EventEmitter<VMEvents> {
   /**
    * Sets how much guest memory the guest should hand back to the host. A
    * guest built with the bundled runtime takes free pages from its
-   * allocator (never pages in use) and reports them; the host drops them,
+   * allocator (never pages in use) and reports them. The host drops them,
    * so each falls back to its image or snapshot page, or to zero. A lower
    * target returns pages to the guest. The guest acts when it next waits
    * for a message; follow progress with {@link VM.balloonStats}.
@@ -287,10 +287,10 @@ export class VM extends EventEmitter<VMEvents> {
    * ```
    */
   setBalloon(bytes: number): void {
-    if (typeof bytes !== 'number') throw invalidType('bytes', 'a number', bytes);
+    if (typeof bytes !== 'number') throw invalidType('bytes', 'a number', bytes, 'argument');
     const ram = this.memory;
     if (!Number.isSafeInteger(bytes) || bytes < 0 || bytes > ram) {
-      const err = outOfRange('bytes', `an integer from 0 to the guest RAM size (${ram})`, bytes);
+      const err = outOfRange('bytes', `an integer from 0 to the guest RAM size (${ram})`, bytes, 'argument');
       (err as RangeError & { code: string }).code = 'ERR_BALLOON_TARGET';
       throw err;
     }

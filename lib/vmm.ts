@@ -154,7 +154,7 @@ export class VMM {
    */
   async loadImage(path: string): Promise<Image> {
     if (typeof path !== 'string' || path.length === 0) {
-      throw invalidType('path', 'a non-empty string', path);
+      throw invalidType('path', 'a non-empty string', path, 'argument');
     }
     this.#requireEngine();
     let bytes: Buffer;
@@ -200,7 +200,7 @@ export class VMM {
    * ```
    */
   async loadSnapshot(file: string, options: { parent?: Snapshot } = {}): Promise<Snapshot> {
-    if (typeof file !== 'string' || file.length === 0) throw invalidType('path', 'a non-empty string', file);
+    if (typeof file !== 'string' || file.length === 0) throw invalidType('path', 'a non-empty string', file, 'argument');
     if (options === null || typeof options !== 'object') throw invalidType('options', 'an object', options);
     if (options.parent !== undefined && !(options.parent instanceof Snapshot)) {
       throw invalidType('parent', 'a Snapshot', options.parent);
@@ -266,11 +266,11 @@ export class VMM {
    */
   prewarm(snapshot: Snapshot, count: number): Promise<void> {
     if (!(snapshot instanceof Snapshot)) {
-      return Promise.reject(invalidType('snapshot', 'a Snapshot', snapshot));
+      return Promise.reject(invalidType('snapshot', 'a Snapshot', snapshot, 'argument'));
     }
-    if (typeof count !== 'number') return Promise.reject(invalidType('count', 'a number', count));
+    if (typeof count !== 'number') return Promise.reject(invalidType('count', 'a number', count, 'argument'));
     if (!Number.isInteger(count) || count < 0 || count > 100000) {
-      return Promise.reject(outOfRange('count', 'an integer from 0 to 100000', count));
+      return Promise.reject(outOfRange('count', 'an integer from 0 to 100000', count, 'argument'));
     }
     let engine: NativeEngine;
     try {

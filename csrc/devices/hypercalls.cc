@@ -23,7 +23,7 @@ int64_t do_random(GuestMemory &memory, uint64_t buf, uint64_t len) {
     if (len > VMM_RANDOM_MAX) {
         return -VMM_EINVAL;
     }
-    uint8_t *dst = memory.writable_range(buf, len);
+    uint8_t *dst = memory.user_range(buf, len);
     if (dst == nullptr) {
         return -VMM_EFAULT;
     }
@@ -39,7 +39,7 @@ int64_t do_random(GuestMemory &memory, uint64_t buf, uint64_t len) {
         }
         filled += static_cast<size_t>(n);
     }
-    // dst covers [buf, buf + len), checked by writable_range above.
+    // dst covers [buf, buf + len), checked by user_range above.
     std::memcpy(dst, bytes, len);
     return static_cast<int64_t>(len);
 }
@@ -51,7 +51,7 @@ bool write_hypercall_ret(GuestMemory &memory, uint64_t block_gpa, int64_t ret) {
     if (__builtin_add_overflow(block_gpa, offsetof(vmm_hypercall, ret), &gpa)) {
         return false;
     }
-    uint8_t *dst = memory.writable_range(gpa, sizeof(ret));
+    uint8_t *dst = memory.user_range(gpa, sizeof(ret));
     if (dst == nullptr) {
         return false;
     }

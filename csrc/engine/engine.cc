@@ -29,6 +29,12 @@ Status destroyed_error(uint64_t vm_id) {
                            format("VM %llu was destroyed", static_cast<unsigned long long>(vm_id)));
 }
 
+Status not_started_error(uint64_t vm_id) {
+    return Status::failure("ERR_VM_NOT_STARTED",
+                           format("VM %llu is not started: call start() first",
+                                  static_cast<unsigned long long>(vm_id)));
+}
+
 Status exited_error(uint64_t vm_id) {
     return Status::failure("ERR_VM_EXITED",
                            format("VM %llu has exited", static_cast<unsigned long long>(vm_id)));
@@ -104,8 +110,8 @@ Engine::Engine(std::shared_ptr<KvmSystem> kvm, EngineOptions options,
     if (options_.workers == 0) {
         options_.workers = 1;
     }
-    // Each resident VM holds two descriptors (VM and vCPU): raise the soft
-    // limit to the hard one, and keep the context cap below it.
+    // Each resident VM uses two descriptors (VM and vCPU), so the soft limit
+    // goes up to the hard one and the context cap stays below it.
     rlimit files{};
     if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
         files.rlim_cur = files.rlim_max;
@@ -196,9 +202,7 @@ Status Engine::snapshot(uint64_t vm_id, uint64_t request_id) {
         return destroyed_error(vm_id);
     }
     if (m->state == VmState::kCreated) {
-        return Status::failure("ERR_VM_NOT_STARTED",
-                               format("VM %llu is not started: call start() first",
-                                      static_cast<unsigned long long>(vm_id)));
+        return not_started_error(vm_id);
     }
     if (m->state == VmState::kExited) {
         return exited_error(vm_id);
@@ -299,11 +303,6 @@ std::shared_ptr<Machine> Engine::find_locked(uint64_t vm_id) {
     return it == machines_.end() ? nullptr : it->second;
 }
 
-size_t Engine::vm_count() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return machines_.size();
-}
-
 Status Engine::start(uint64_t vm_id) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) {
@@ -332,9 +331,7 @@ Status Engine::call(uint64_t vm_id, uint64_t call_id, std::vector<uint8_t> data)
         return destroyed_error(vm_id);
     }
     if (m->state == VmState::kCreated) {
-        return Status::failure("ERR_VM_NOT_STARTED",
-                               format("VM %llu is not started: call start() first",
-                                      static_cast<unsigned long long>(vm_id)));
+        return not_started_error(vm_id);
     }
     if (m->state == VmState::kExited) {
         return exited_error(vm_id);
@@ -487,10 +484,7 @@ bool Engine::complete_wait_locked(Machine &m) {
     int64_t ret;
     if (!m.inbox.empty()) {
         Message &msg = m.inbox.front();
-        uint8_t *dst = memory.writable_range(buf, msg.data.size() < cap ? msg.data.size() : cap);
-        if (memory.user_range(buf, cap) == nullptr) {
-            dst = nullptr;
-        }
+        uint8_t *dst = memory.user_range(buf, cap);
         if (dst == nullptr) {
             ret = -VMM_EFAULT;
         } else if (msg.data.size() > cap) {

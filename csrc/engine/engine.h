@@ -1,7 +1,7 @@
 // The engine: a fixed pool of worker threads that runs every VM of one VMM.
 //
 // A VM is queued when it has work (its first run, a message, an expired
-// deadline) and holds no thread while it waits. KVM_RUN never runs on the
+// deadline) and takes no thread while it waits. KVM_RUN never runs on the
 // Node main thread or the libuv pool.
 #pragma once
 
@@ -130,7 +130,6 @@ public:
     // Stops every VM and joins the threads. Safe to call twice.
     void shutdown();
 
-    size_t vm_count();
 
 private:
     struct Worker {
@@ -142,9 +141,9 @@ private:
         std::unique_ptr<KvmContext> kvm;
         std::unique_ptr<GuestMemory> memory;
         std::shared_ptr<const MemorySource> source;
-        // Snapshot whose full vCPU state was last set on this context, while
-        // its guests stayed in user mode since (no crash); a clone of the
-        // same snapshot then needs only restore_user_state().
+        // Snapshot whose full vCPU state was last set on this context, as
+        // long as its guests stayed in user mode since (no crash). A clone of
+        // the same snapshot then needs only restore_user_state().
         std::shared_ptr<const Snapshot> restored_from;
         VcpuState::UserStateMatch match;  // of the vCPU against restored_from
     };
@@ -162,7 +161,7 @@ private:
     void run_machine(const std::shared_ptr<Machine> &m, bool boot);
     Status boot_machine(Machine &m);
     // Takes a pooled context whose RAM has `ram_size` bytes, preferring one
-    // that already maps `source`, or builds a new one; the result maps
+    // that already maps `source`, or builds a new one. The result maps
     // `source` with no page of an earlier guest left.
     Status acquire_context(uint64_t ram_size, const std::shared_ptr<const MemorySource> &source,
                            PooledContext *out);
@@ -229,8 +228,8 @@ private:
     std::unordered_map<uint64_t, std::shared_ptr<Machine>> machines_;
     std::deque<std::shared_ptr<Machine>> run_queue_;
     // Mirror of run_queue_.size() that idle workers poll without the lock.
-    // Release on store (under mutex_) and acquire on load: a worker that
-    // sees a non-zero length then takes mutex_ and finds the entry.
+    // Release on store (under mutex_) and acquire on load, so a worker that
+    // reads a non-zero length then takes mutex_ and finds the entry.
     std::atomic<size_t> queue_length_{0};
     std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
     std::vector<Worker> workers_;

@@ -1,6 +1,6 @@
-// Events the engine hands to JavaScript. Workers push them; the addon is told
-// when the queue becomes non-empty and drains it in one batch on the main
-// thread, so a burst of replies costs one main-thread wakeup.
+// Events the engine hands to JavaScript. Workers push them, and the addon is
+// notified when the queue becomes non-empty. It drains the queue in one batch
+// on the main thread, so a burst of replies costs one main-thread wakeup.
 #pragma once
 
 #include <cstdint>
@@ -16,15 +16,15 @@ namespace vmm {
 
 enum class EventType : uint8_t {
     kStarted,      // the VM's KVM context is ready and it runs
-    kStartFailed,  // building the KVM context failed; `error` says why
+    kStartFailed,  // building the KVM context failed; `error` gives the reason
     kConsole,      // the VM has console bytes; take them with Engine::take_console
     kReply,        // reply to call `call_id`, bytes in `data`
-    kCallFailed,   // call `call_id` failed; `error` says why
-    kExit,         // the VM ended; `exit` says how
+    kCallFailed,   // call `call_id` failed; `error` gives the reason
+    kExit,         // the VM ended; `exit` describes how
     kSnapshot,     // snapshot request `call_id` finished; the result is in `snapshot`
-    kSnapshotFailed,  // snapshot request `call_id` failed; `error` says why
+    kSnapshotFailed,  // snapshot request `call_id` failed; `error` gives the reason
     kPrewarmed,       // prewarm request `call_id` finished
-    kPrewarmFailed,   // prewarm request `call_id` failed; `error` says why
+    kPrewarmFailed,   // prewarm request `call_id` failed; `error` gives the reason
 };
 
 struct Event {

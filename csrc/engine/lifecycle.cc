@@ -280,7 +280,6 @@ Status Engine::boot_machine(Machine &m) {
             return status;
         }
     }
-    ctx.memory->mark_dirty(VMM_BOOT_INFO_ADDR, sizeof(vmm_boot_info));
 
     std::lock_guard<std::mutex> lock(mutex_);
     m.memory = std::move(ctx.memory);

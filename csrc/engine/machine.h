@@ -120,7 +120,7 @@ struct Machine {
     uint64_t wait_buf = 0;        // message buffer, checked when the wait began
     uint64_t wait_cap = 0;
     uint64_t wait_deadline = 0;   // CLOCK_MONOTONIC ns, 0 = none
-    uint64_t wait_seq = 0;        // tells a stale deadline timer from the current one
+    uint64_t wait_seq = 0;        // distinguishes a stale deadline timer from the current one
     int worker = -1;              // index of the worker running it, while kRunning
     uint64_t slice_start_ns = 0;
     std::unique_ptr<KvmContext> kvm;
@@ -152,8 +152,8 @@ struct Machine {
     std::shared_ptr<ExitInfo> exit;
 
     // Set from any thread, read by the worker after KVM_RUN returns. Release
-    // on store and acquire on load, so that the worker that sees the flag
-    // also sees the state written before it.
+    // on store and acquire on load, so that the worker that reads the flag
+    // also reads the state written before it.
     std::atomic<bool> kill_requested{false};
     std::atomic<bool> preempt_requested{false};
     std::atomic<bool> pause_requested{false};  // stop for a snapshot, then continue

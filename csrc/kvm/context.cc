@@ -79,10 +79,7 @@ Status KvmContext::create(const KvmSystem &sys, std::unique_ptr<KvmContext> *out
     return Status::success();
 }
 
-std::atomic<uint64_t> KvmContext::live_{0};
-
 KvmContext::~KvmContext() {
-    live_.fetch_sub(1, std::memory_order_relaxed);
     if (owner_count_ != nullptr) {
         owner_count_->fetch_sub(1, std::memory_order_relaxed);
     }

@@ -62,10 +62,6 @@ public:
     void request_exit() { __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_RELEASE); }
     void clear_exit_request() { __atomic_store_n(&run_->immediate_exit, 0, __ATOMIC_RELAXED); }
 
-    // KVM contexts alive in the process. Relaxed atomics: a count for
-    // limits and statistics, read without ordering other memory.
-    static uint64_t live() { return live_.load(std::memory_order_relaxed); }
-
     Status get_regs(kvm_regs *regs) const;
     Status get_sregs(kvm_sregs *sregs) const;
     Status set_regs(const kvm_regs &regs);
@@ -75,8 +71,7 @@ public:
     Status set_regs_fast(const kvm_regs &regs);
 
 private:
-    KvmContext() { live_.fetch_add(1, std::memory_order_relaxed); }
-    static std::atomic<uint64_t> live_;
+    KvmContext() = default;
     std::atomic<uint64_t> *owner_count_ = nullptr;
 
     int vm_fd_ = -1;

@@ -109,18 +109,6 @@ Status VcpuState::capture(const KvmSystem &sys, int vcpu_fd) {
     return transfer_msrs(vcpu_fd, uapi::kGetMsrs, "KVM_GET_MSRS", &msrs);
 }
 
-Status VcpuState::capture_user_state(int vcpu_fd) {
-    Status s = get(vcpu_fd, KVM_GET_REGS, "KVM_GET_REGS", &regs);
-    if (s.ok()) s = get(vcpu_fd, KVM_GET_SREGS, "KVM_GET_SREGS", &sregs);
-    if (!s.ok()) {
-        return s;
-    }
-    if (ioctl(vcpu_fd, uapi::kGetXsave2, xsave.data()) < 0) {
-        return state_error("KVM_GET_XSAVE2", errno);
-    }
-    return Status::success();
-}
-
 Status VcpuState::capture_xsave(int vcpu_fd) {
     if (ioctl(vcpu_fd, uapi::kGetXsave2, xsave.data()) < 0) {
         return state_error("KVM_GET_XSAVE2", errno);

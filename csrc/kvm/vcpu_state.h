@@ -29,17 +29,12 @@ struct VcpuState {
     // error naming the MSR that failed. Code: ERR_KVM_STATE.
     Status capture(const KvmSystem &sys, int vcpu_fd);
 
-    // Reads only what user-mode code can change: the general registers, the
-    // special registers and the XSAVE area. The other parts keep their
-    // values, which the caller has set from the state the vCPU was last
-    // fully restored to.
-    Status capture_user_state(int vcpu_fd);
 
     // Reads only the XSAVE area; the caller has set regs and sregs.
     Status capture_xsave(int vcpu_fd);
 
     // Writes every part to `vcpu_fd`, TSC first among the MSRs so that
-    // anything computed from it sees the restored value. A short
+    // anything computed from it uses the restored value. A short
     // KVM_SET_MSRS count is an error naming the MSR. Code: ERR_KVM_STATE.
     Status restore(int vcpu_fd) const;
 

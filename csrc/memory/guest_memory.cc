@@ -29,7 +29,6 @@ Status GuestMemory::map(const MemorySource &source, uint64_t ram_size) {
     }
     base_ = static_cast<uint8_t *>(base);
     size_ = ram_size;
-    vmm_dirty_ = PageBitmap(ram_size / VMM_PAGE_SIZE);
     Status status = map_source(source);
     if (!status.ok()) {
         unmap();
@@ -48,7 +47,6 @@ Status GuestMemory::remap(const MemorySource &source) {
                                   format("mmap of guest RAM failed: %s", std::strerror(err)), err,
                                   "mmap");
     }
-    vmm_dirty_.clear_all();
     return map_source(source);
 }
 
@@ -109,7 +107,6 @@ Status GuestMemory::restore_pages(const PageBitmap &pages, const MemorySource &s
             std::memcpy(host, original, VMM_PAGE_SIZE);
         }
     }
-    vmm_dirty_.clear_all();
     return Status::success();
 }
 
@@ -118,14 +115,6 @@ uint8_t *GuestMemory::user_range(uint64_t gpa, uint64_t len) const {
         return nullptr;
     }
     return any_range(gpa, len);
-}
-
-uint8_t *GuestMemory::writable_range(uint64_t gpa, uint64_t len) {
-    uint8_t *host = user_range(gpa, len);
-    if (host != nullptr) {
-        vmm_dirty_.set_range(gpa, len);
-    }
-    return host;
 }
 
 uint8_t *GuestMemory::any_range(uint64_t gpa, uint64_t len) const {
@@ -211,7 +200,6 @@ Status GuestMemory::written_pages(PageBitmap *pages) const {
             pages->set(page);
         }
     });
-    pages->merge(vmm_dirty_);
     if (!ok) {
         return Status::from_errno("ERR_OUT_OF_MEMORY", "reading /proc/self/pagemap failed",
                                   errno, "pread");

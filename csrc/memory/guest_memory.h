@@ -52,29 +52,19 @@ public:
     // wrap, reach past RAM or touch the VMM's reserved area.
     uint8_t *user_range(uint64_t gpa, uint64_t len) const;
 
-    // user_range() for a range the VMM is about to write: also records its
-    // pages in vmm_dirty(), a record kept beside the pagemap scan of
-    // written_pages(), which sees these writes as well.
-    uint8_t *writable_range(uint64_t gpa, uint64_t len);
-
     // Same check for ranges the VMM itself uses in its reserved area (the
     // exception frame, the boot information page): [gpa, gpa + len) in RAM.
     uint8_t *any_range(uint64_t gpa, uint64_t len) const;
 
-    // Pages the VMM wrote since the last clear_vmm_dirty().
-    const PageBitmap &vmm_dirty() const { return vmm_dirty_; }
-    void mark_dirty(uint64_t gpa, uint64_t len) { vmm_dirty_.set_range(gpa, len); }
-    void clear_vmm_dirty() { vmm_dirty_.clear_all(); }
-
-    // Marks in `pages` every page this VM holds a private copy of: pages the
+    // Marks in `pages` every page this VM has a private copy of: pages the
     // guest or the VMM wrote (a written MAP_PRIVATE page becomes anonymous)
     // and anonymous pages above the source. Reads /proc/self/pagemap, which
-    // sees KVM's writes and the VMM's alike and costs nothing while the
+    // reflects KVM's writes and the VMM's alike and costs nothing while the
     // guest runs, unlike KVM's dirty log, whose write protection added about
     // 110 us to a clone's first run here (bench/clone, kvm_pvm host).
     Status written_pages(PageBitmap *pages) const;
 
-    // Counts resident pages: `private_bytes` holds pages only this VM maps
+    // Counts resident pages: `private_bytes` counts pages only this VM maps
     // (written copies and anonymous pages), `shared_bytes` pages still shared
     // with the source. Reads /proc/self/pagemap; returns false when it cannot.
     bool resident_bytes(uint64_t *private_bytes, uint64_t *shared_bytes) const;
@@ -87,7 +77,6 @@ private:
 
     uint8_t *base_ = nullptr;
     uint64_t size_ = 0;
-    PageBitmap vmm_dirty_;
 };
 
 }  // namespace vmm

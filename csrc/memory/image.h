@@ -27,7 +27,7 @@ public:
     Image &operator=(const Image &) = delete;
 
     uint64_t entry() const { return elf_.entry; }
-    // Guest bytes the segments need: the smallest RAM that holds them.
+    // Guest bytes the segments need: the smallest RAM that contains them.
     uint64_t load_end() const { return elf_.load_end; }
     const ElfImage &elf() const { return elf_; }
 
@@ -37,7 +37,7 @@ public:
     // Codes: ERR_OUT_OF_MEMORY, ERR_RESOURCE_LIMIT.
     Status layout(uint64_t ram_size, std::shared_ptr<const MemorySource> *out);
 
-    // Bytes of layout memfds this image holds (each page counted once).
+    // Bytes of layout memfds of this image (each page counted once).
     uint64_t layout_bytes() const;
 
 private:
