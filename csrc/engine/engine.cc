@@ -531,23 +531,26 @@ void Engine::worker_main(unsigned index) {
             // within microseconds, and waking a sleeping thread costs tens
             // of microseconds on a virtualized host. One worker at a time,
             // so that idle workers do not take every core from Node's main
-            // thread.
+            // thread. A release does not end the poll: its notify wakes
+            // another worker, and a VM that starts right after another ends
+            // (a clone replacing the one destroyed) should not wait for it.
             spun = true;
             lock.unlock();
             uint64_t until = monotonic_ns() + options_.spin_us * 1000;
-            while (queue_length_.load(std::memory_order_acquire) == 0 &&
-                   releases_pending_.load(std::memory_order_acquire) == 0 && monotonic_ns() < until) {
+            while (queue_length_.load(std::memory_order_acquire) == 0 && monotonic_ns() < until) {
                 __builtin_ia32_pause();
             }
             spinning_.store(false, std::memory_order_release);
             lock.lock();
             continue;
         }
-        if (!releases_.empty()) {
-            // Before any VM: a VM about to start may want this context.
+        if (!releases_.empty() && (run_queue_.empty() || pool_.empty())) {
+            // Before a queued VM only when no pooled context is free: that
+            // VM may want this one. Otherwise the VM goes first, because a
+            // release (completing the pending exit, reading the vCPU state,
+            // scanning and restoring pages) is tens of microseconds.
             std::function<void()> release = std::move(releases_.front());
             releases_.pop_front();
-            releases_pending_.store(releases_.size(), std::memory_order_release);
             lock.unlock();
             release();
             lock.lock();

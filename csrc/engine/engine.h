@@ -252,11 +252,9 @@ private:
     // Background work the workers run when no VM is queued; guarded by mutex_.
     std::deque<std::function<void()>> jobs_;
     // Context releases of VMs that ended off a worker (kill, destroy from
-    // JavaScript); workers run them before any VM. Guarded by mutex_.
+    // JavaScript); workers run them before any VM that finds no pooled
+    // context. Guarded by mutex_.
     std::deque<std::function<void()>> releases_;
-    // Mirror of releases_.size() for spinning workers; same ordering as
-    // queue_length_.
-    std::atomic<size_t> releases_pending_{0};
     // Set while one idle worker polls the queues (acq_rel on the exchange
     // that claims it, release when it stops; nothing else depends on it).
     std::atomic<bool> spinning_{false};

@@ -618,7 +618,6 @@ void Engine::finish(const std::shared_ptr<Machine> &m, ExitInfo info) {
     releases_.push_back([this, m, parts, crashed] {
         release_context(*m, std::move(parts->first), std::move(parts->second), crashed);
     });
-    releases_pending_.store(releases_.size(), std::memory_order_release);
     work_cv_.notify_one();
 }
 
