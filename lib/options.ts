@@ -14,8 +14,10 @@ export interface VMMOptions {
   /** Milliseconds a guest may run while other VMs are queued. Default: 10. */
   sliceMs?: number;
   /**
-   * KVM contexts kept after their VMs end, for the next VMs to start in
-   * without creating a KVM VM. 0 disables reuse. Default: 32.
+   * KVM contexts kept after their VMs end or hibernate, for the next VMs to
+   * start or wake in without creating a KVM VM. Contexts above this count
+   * are closed after one second unused, except prewarmed ones. 0 disables
+   * reuse of ended VMs' contexts. Default: 32.
    */
   poolSize?: number;
   /**

@@ -327,6 +327,55 @@ describe('hibernation', function () {
     });
   });
 
+  describe('pool trim', function () {
+    const POOL_SIZE = 2;
+    const VM_COUNT = 8;
+    // A pooled context is closed after one second unused; the margin covers
+    // a loaded host.
+    const TRIM_LIMIT_MS = 10000;
+
+    it('closes contexts past poolSize', async function () {
+      this.timeout(30000);
+      const engine = await openVMM({ idleMs: 10, poolSize: POOL_SIZE });
+      const snapshot = await counterSnapshot(engine, counterImage);
+      const clones: VM[] = [];
+      for (let i = 0; i < VM_COUNT; i++) {
+        const clone = await startClone(engine, snapshot);
+        await clone.call(`clone ${i}`);
+        clones.push(clone);
+      }
+
+      const peak = engine.stats().maxResidentReached;
+      const trimmed = await waitForStats(
+        engine,
+        (s) => s.hibernated === VM_COUNT && s.residentContexts <= POOL_SIZE,
+        `${VM_COUNT} hibernated clones and at most ${POOL_SIZE} contexts`,
+        TRIM_LIMIT_MS,
+      );
+
+      assert.isAbove(peak, POOL_SIZE, 'contexts before the trim');
+      assert.strictEqual(trimmed.pooledContexts, trimmed.residentContexts);
+      for (let i = 0; i < VM_COUNT; i++) {
+        const reply = parseCounter(await clones[i].call(`again ${i}`));
+        assert.deepStrictEqual(reply, { id: clones[i].id, count: 2, payload: `again ${i}` }, `clone ${i} after the trim`);
+      }
+    });
+
+    it('keeps prewarmed contexts', async function () {
+      this.timeout(30000);
+      const engine = await openVMM({ idleMs: 10, poolSize: 0 });
+      const snapshot = await counterSnapshot(engine, counterImage);
+      await waitForStats(engine, (s) => s.residentContexts === 0, 'the template context to be closed', TRIM_LIMIT_MS);
+      await engine.prewarm(snapshot, 3);
+
+      await sleep(1500);
+      const stats = engine.stats();
+
+      assert.strictEqual(stats.pooledContexts, 3);
+      assert.strictEqual(stats.residentContexts, 3);
+    });
+  });
+
   describe('messages during hibernation', function () {
     it('delivers each call exactly once', async function () {
       const VM_COUNT = 50;

@@ -575,14 +575,23 @@ void Engine::worker_main(unsigned index) {
             continue;
         }
         if (run_queue_.empty()) {
-            if (timers_.empty()) {
+            uint64_t now = monotonic_ns();
+            uint64_t next_trim = 0;
+            PooledContext stale;
+            if (take_stale_pooled_locked(now, &stale, &next_trim)) {
+                lock.unlock();
+                stale = PooledContext();  // closes its VM, vCPU and RAM mapping
+                lock.lock();
+                continue;
+            }
+            uint64_t next = timers_.empty() ? 0 : timers_.top().deadline_ns;
+            if (next_trim != 0 && (next == 0 || next_trim < next)) {
+                next = next_trim;
+            }
+            if (next == 0) {
                 work_cv_.wait(lock);
-            } else {
-                uint64_t now = monotonic_ns();
-                uint64_t next = timers_.top().deadline_ns;
-                if (next > now) {
-                    work_cv_.wait_for(lock, std::chrono::nanoseconds(next - now));
-                }
+            } else if (next > now) {
+                work_cv_.wait_for(lock, std::chrono::nanoseconds(next - now));
             }
             continue;
         }

@@ -32,7 +32,9 @@ struct EngineOptions {
     unsigned workers = 2;
     uint64_t slice_ms = 10;  // time a guest may run while others are queued
     uint64_t spin_us = 300;  // time an idle worker polls the queue before sleeping
-    unsigned pool_size = 32;  // KVM contexts kept for reuse after their VMs end
+    // KVM contexts kept for reuse after their VMs end or hibernate; more are
+    // closed once unused for kPoolTrimNs.
+    unsigned pool_size = 32;
     // Maximum KVM contexts alive, in VMs and in the pool. 0 picks a default
     // from available memory and the file descriptor limit.
     uint64_t max_resident = 0;
@@ -146,6 +148,8 @@ private:
         // the same snapshot then needs only restore_user_state().
         std::shared_ptr<const Snapshot> restored_from;
         VcpuState::UserStateMatch match;  // of the vCPU against restored_from
+        uint64_t pooled_ns = 0;  // monotonic time it entered the pool
+        bool prewarmed = false;  // built by prewarm(), kept until a VM uses it
     };
 
     struct Timer {
@@ -165,6 +169,11 @@ private:
     // `source` with no page of an earlier guest left.
     Status acquire_context(uint64_t ram_size, const std::shared_ptr<const MemorySource> &source,
                            PooledContext *out);
+    // Moves the pooled context that has been unused longest into `out` when
+    // the pool contains more than pool_size and it has been unused for
+    // kPoolTrimNs; prewarmed contexts stay. Otherwise returns false and sets
+    // `*next_ns` to when one becomes due (0 if none will).
+    bool take_stale_pooled_locked(uint64_t now_ns, PooledContext *out, uint64_t *next_ns);
     // Moves a pooled context of `ram_size` into `out`, preferring one that
     // maps `source_id`. Returns false when none fits.
     bool take_pooled_locked(uint64_t ram_size, uint64_t source_id, PooledContext *out);
@@ -265,6 +274,12 @@ uint64_t monotonic_ns();
 
 // Internal status code: no context is free now, but one will come back.
 constexpr const char *kContextBusy = "ERR_CONTEXT_BUSY";
+
+// A pooled context unused this long is closed while the pool contains more than
+// pool_size, so that an engine whose VMs all hibernated gives back the memory
+// (about 0.6 MB each) and descriptors of the contexts they left. Long enough
+// that a burst of wakes every few hundred milliseconds keeps its contexts.
+constexpr uint64_t kPoolTrimNs = 1000000000;
 
 // True on the engine's worker threads.
 extern thread_local bool on_worker_thread;

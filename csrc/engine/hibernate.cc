@@ -140,6 +140,7 @@ Status Engine::hibernate(const std::shared_ptr<Machine> &ptr, bool *killed) {
 
     std::lock_guard<std::mutex> lock(mutex_);
     if (status.ok() && !stopping_) {
+        pooled.pooled_ns = monotonic_ns();
         pool_.push_back(std::move(pooled));
     }
     retry_context_waiter_locked();

@@ -45,6 +45,30 @@ bool Engine::take_pooled_locked(uint64_t ram_size, uint64_t source_id, PooledCon
     return true;
 }
 
+bool Engine::take_stale_pooled_locked(uint64_t now_ns, PooledContext *out, uint64_t *next_ns) {
+    *next_ns = 0;
+    if (pool_.size() <= options_.pool_size) {
+        return false;
+    }
+    size_t oldest = pool_.size();
+    for (size_t i = 0; i < pool_.size(); i++) {
+        if (!pool_[i].prewarmed && (oldest == pool_.size() || pool_[i].pooled_ns < pool_[oldest].pooled_ns)) {
+            oldest = i;
+        }
+    }
+    if (oldest == pool_.size()) {
+        return false;
+    }
+    uint64_t due = pool_[oldest].pooled_ns + kPoolTrimNs;
+    if (now_ns < due) {
+        *next_ns = due;
+        return false;
+    }
+    *out = std::move(pool_[oldest]);
+    pool_.erase(pool_.begin() + static_cast<std::ptrdiff_t>(oldest));
+    return true;
+}
+
 Status Engine::point_at_source(const std::shared_ptr<const MemorySource> &source,
                                PooledContext *ctx) {
     if (ctx->source->id == source->id) {
@@ -179,6 +203,7 @@ void Engine::release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
     }
     std::lock_guard<std::mutex> lock(mutex_);
     if (!stopping_ && (pool_.size() < options_.pool_size || !context_waiters_.empty())) {
+        pooled.pooled_ns = monotonic_ns();
         pool_.push_back(std::move(pooled));
     }
     // A context came back to the pool, or its slot under the cap is free.

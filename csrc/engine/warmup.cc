@@ -121,6 +121,7 @@ Status Engine::prewarm_one(const std::shared_ptr<const Snapshot> &snapshot) {
     ctx.match.xsave = true;
     ctx.kvm = std::move(scratch.kvm);
     ctx.memory = std::move(scratch.memory);
+    ctx.prewarmed = true;
 
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) {
