@@ -41,7 +41,8 @@ export class Snapshot {
 
   /**
    * SHA-256 of the snapshot's content (vCPU state, wait state, RAM size,
-   * and every non-zero page with its page number), as 64 hex digits. A diff snapshot file names its parent by this hash.
+   * every non-zero page with its page number, and the balloon), as 64 hex
+   * digits. A diff snapshot file names its parent by this hash.
    */
   get hash(): string {
     this.#hash ??= this.#native.hash();
@@ -53,6 +54,9 @@ export class Snapshot {
    * directory, fsync, then rename. A snapshot of a clone is written as a
    * diff that holds only the pages that differ from its parent and names
    * the parent by {@link Snapshot.hash}; loading it needs that parent.
+   * The file stores the balloon's target and frames but not its pages, so
+   * clones of the loaded file inherit the balloon as clones of this
+   * snapshot do.
    *
    * @param file - destination path; an existing file is replaced
    * @throws TypeError for a bad path; rejects with VMMError `ERR_SNAPSHOT_WRITE`

@@ -190,8 +190,8 @@ export class VMM {
    * @param options - `parent`: the snapshot a diff file was taken against
    * @returns the snapshot, ready for `vmm.createVM({ snapshot })`
    * @throws VMMError `ERR_SNAPSHOT_INVALID` (truncated or corrupted file,
-   *   unknown version, CPU features this host lacks, missing or wrong
-   *   parent; nothing is loaded), `ERR_SNAPSHOT_READ`; for a diff,
+   *   format version other than 2, CPU features this host lacks, missing or
+   *   wrong parent; nothing is loaded), `ERR_SNAPSHOT_READ`; for a diff,
    *   `ERR_OUT_OF_MEMORY` or `ERR_RESOURCE_LIMIT` while its memory is built
    * @example
    * ```ts

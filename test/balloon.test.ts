@@ -1,5 +1,7 @@
+import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { promisify } from 'node:util';
 
 import { assert } from 'chai';
 
@@ -18,6 +20,11 @@ import {
   text,
 } from './helpers.js';
 
+const execFileAsync = promisify(execFile);
+
+// The compiled package entry point, for a child process to require.
+const PACKAGE_ENTRY = path.resolve(__dirname, '../lib/index.js');
+
 const MiB = 1024 * 1024;
 const GUEST_MEMORY = '128M';
 const GUEST_RAM_BYTES = 128 * MiB;
@@ -30,6 +37,14 @@ const MIN_RECLAIMED_BYTES = 0.9 * TOUCH_BYTES;
 // Bound for snapshots of a VM whose 64 MiB block went into the balloon. Only
 // the guest's own pages and one header page per chunk (256 KiB) stay behind.
 const MAX_SNAPSHOT_BYTES = 4 * MiB;
+
+// The guest runtime's balloon takes chunks of 256 pages, each inside an
+// allocation one page larger. That page keeps the allocator's header and
+// whatever the guest wrote there. So after a deflate, a 64 MiB block over the
+// old balloon has at most one non-zero page per chunk, plus the one or two
+// pages of the runtime's chunk list.
+const BALLOON_CHUNK_BYTES = 256 * PAGE_SIZE;
+const MAX_NONZERO_PAGES_AFTER_DEFLATE = TOUCH_BYTES / BALLOON_CHUNK_BYTES + 2;
 
 // Free page reporting drops only the whole pages inside a freed block, so
 // the partial pages at both ends stay with the guest.
@@ -259,6 +274,190 @@ describe('memory balloon', function () {
 
       assert.isBelow(allocatedBytes(file), MAX_SNAPSHOT_BYTES);
       assert.isBelow(listedPages * PAGE_SIZE, MAX_SNAPSHOT_BYTES);
+    });
+  });
+
+  describe('balloon in a snapshot file', function () {
+    /**
+     * Asks the guest how many pages of a fresh 64 MiB allocation are not
+     * zero. Over a deflated balloon, only the pages outside the balloon
+     * can be.
+     */
+    async function nonzeroPages(vm: VM): Promise<number> {
+      const reply = await request(vm, `nonzero ${TOUCH_BYTES}`);
+      assert.match(reply, /^\d+$/, 'reply to a nonzero request');
+      return Number(reply);
+    }
+
+    /** Starts test-balloon, touches and frees 64 MiB, and snapshots it with an empty balloon. */
+    async function patternSnapshot(): Promise<Snapshot> {
+      const vm = await startBalloonVM();
+      await touchAndFree(vm);
+      return vm.snapshot();
+    }
+
+    it('keeps the balloon through save and load', async function () {
+      const snapshot = await (await inflatedVM()).snapshot();
+      const file = path.join(dir, 'balloon-roundtrip.snap');
+      await snapshot.save(file);
+
+      const loaded = await vmm.loadSnapshot(file);
+      const fromMemory = await startClone(snapshot);
+      const fromFile = await startClone(loaded);
+      const fileStats = fromFile.balloonStats();
+      const guestPages = Number(await request(fromFile, 'balloon'));
+
+      assert.strictEqual(loaded.hash, snapshot.hash);
+      assert.deepStrictEqual(fileStats, fromMemory.balloonStats());
+      assert.strictEqual(fileStats.actual, TOUCH_BYTES);
+      assert.strictEqual(fileStats.target, TOUCH_BYTES);
+      assert.strictEqual(guestPages * PAGE_SIZE, fileStats.actual);
+    });
+
+    it('stores no ballooned page', async function () {
+      const snapshot = await (await inflatedVM()).snapshot();
+      const file = path.join(dir, 'balloon-pages.snap');
+      await snapshot.save(file);
+
+      const bytes = fs.readFileSync(file);
+      const layout = readSnapshotLayout(bytes);
+      const listed = new Set(layout.pages);
+      const zeroPage = Buffer.alloc(PAGE_SIZE);
+      let ballooned = 0;
+      let listedFrames = 0;
+      let nonzeroFrames = 0;
+      for (const run of layout.balloonRuns) {
+        for (let frame = run.first; frame < run.first + run.count; frame++) {
+          ballooned++;
+          if (listed.has(frame)) listedFrames++;
+          const at = layout.dataOffset + frame * PAGE_SIZE;
+          if (!bytes.subarray(at, at + PAGE_SIZE).equals(zeroPage)) nonzeroFrames++;
+        }
+      }
+
+      assert.strictEqual(layout.balloonTarget * PAGE_SIZE, TOUCH_BYTES);
+      assert.strictEqual(ballooned * PAGE_SIZE, TOUCH_BYTES);
+      assert.strictEqual(listedFrames, 0, 'ballooned frames in the page index');
+      assert.strictEqual(nonzeroFrames, 0, 'ballooned frames with data in the memory section');
+      assert.isBelow(allocatedBytes(file), MAX_SNAPSHOT_BYTES);
+    });
+
+    it('loads the balloon in another process', async function () {
+      const snapshot = await (await inflatedVM()).snapshot();
+      const file = path.join(dir, 'balloon-child.snap');
+      await snapshot.save(file);
+      const expected = (await startClone(snapshot)).balloonStats();
+
+      // The child loads the file, starts a clone and prints the snapshot's
+      // hash, the clone's balloon stats and the guest's balloon count.
+      const script = `
+        const { VMM } = require(${JSON.stringify(PACKAGE_ENTRY)});
+        (async () => {
+          const vmm = new VMM();
+          const snapshot = await vmm.loadSnapshot(process.argv[1]);
+          const clone = vmm.createVM({ snapshot });
+          await clone.start();
+          const stats = clone.balloonStats();
+          const guestPages = new TextDecoder().decode(await clone.call('balloon'));
+          process.stdout.write(JSON.stringify({ hash: snapshot.hash, stats, guestPages }));
+          await vmm.close();
+        })().catch((err) => {
+          console.error(err);
+          process.exitCode = 1;
+        });
+      `;
+      const child = await execFileAsync(process.execPath, ['-e', script, file], { timeout: 30000 });
+      const seen = JSON.parse(child.stdout) as { hash: string; stats: VMBalloonStats; guestPages: string };
+
+      assert.strictEqual(seen.hash, snapshot.hash);
+      assert.deepStrictEqual(seen.stats, expected);
+      assert.strictEqual(seen.stats.actual, TOUCH_BYTES);
+      assert.strictEqual(Number(seen.guestPages) * PAGE_SIZE, TOUCH_BYTES);
+    });
+
+    it('deflates a clone of a loaded file', async function () {
+      const file = path.join(dir, 'balloon-deflate.snap');
+      await (await (await inflatedVM()).snapshot()).save(file);
+      const clone = await startClone(await vmm.loadSnapshot(file));
+
+      const stats = await resizeBalloon(clone, 0);
+      const guestPages = await request(clone, 'balloon');
+      const nonzero = await nonzeroPages(clone);
+      const touched = await request(clone, `touch ${TOUCH_BYTES}`);
+      const verified = await request(clone, 'verify');
+
+      assert.strictEqual(stats.actual, 0);
+      assert.strictEqual(stats.target, 0);
+      assert.strictEqual(guestPages, '0');
+      assert.isAtMost(nonzero, MAX_NONZERO_PAGES_AFTER_DEFLATE);
+      assert.strictEqual(touched, `ok ${TOUCH_BYTES}`);
+      assert.strictEqual(verified, 'ok');
+    });
+
+    /** A diff snapshot, its file loaded back, and a clone of each. */
+    interface DiffRoundTrip {
+      child: Snapshot;
+      childFile: string;
+      loadedChild: Snapshot;
+      fromMemory: VM;
+      fromFile: VM;
+    }
+
+    /**
+     * Saves `parent`, sets the balloon of a clone of it to `bytes`, and saves
+     * the clone's snapshot as a diff. Then loads both files back and starts
+     * a clone of the diff snapshot and one of its loaded file.
+     */
+    async function diffRoundTrip(parent: Snapshot, bytes: number, name: string): Promise<DiffRoundTrip> {
+      const parentFile = path.join(dir, `${name}-parent.snap`);
+      const childFile = path.join(dir, `${name}-child.snap`);
+      await parent.save(parentFile);
+      const clone = await startClone(parent);
+      await resizeBalloon(clone, bytes);
+      const child = await clone.snapshot();
+      await child.save(childFile);
+
+      const loadedParent = await vmm.loadSnapshot(parentFile);
+      const loadedChild = await vmm.loadSnapshot(childFile, { parent: loadedParent });
+      const fromMemory = await startClone(child);
+      const fromFile = await startClone(loadedChild);
+      return { child, childFile, loadedChild, fromMemory, fromFile };
+    }
+
+    it("keeps a clone's own balloon in a diff", async function () {
+      // The parent has 64 MiB in its balloon and the clone deflates to
+      // 16 MiB, so the diff must not fall back to the parent's balloon.
+      const parent = await (await inflatedVM()).snapshot();
+
+      const { child, childFile, loadedChild, fromMemory, fromFile } = await diffRoundTrip(parent, 16 * MiB, 'deflated');
+      const fileStats = fromFile.balloonStats();
+
+      assert.isTrue(loadedChild.hasParent);
+      assert.strictEqual(loadedChild.hash, child.hash);
+      assert.deepStrictEqual(fileStats, fromMemory.balloonStats());
+      assert.strictEqual(fileStats.actual, 16 * MiB);
+      assert.strictEqual(fileStats.target, 16 * MiB);
+      assert.strictEqual(readSnapshotLayout(fs.readFileSync(childFile)).balloonTarget * PAGE_SIZE, 16 * MiB);
+    });
+
+    it('reads ballooned pages of a diff as zero', async function () {
+      // The parent's freed 64 MiB still contains the guest's pattern. The
+      // clone balloons it, so its diff lists those pages as zero.
+      const parent = await patternSnapshot();
+
+      const { child, childFile, loadedChild, fromMemory, fromFile } = await diffRoundTrip(parent, TOUCH_BYTES, 'pattern');
+      const fileStats = fromFile.balloonStats();
+      assert.deepStrictEqual(fileStats, fromMemory.balloonStats());
+      await resizeBalloon(fromMemory, 0);
+      await resizeBalloon(fromFile, 0);
+      const memoryNonzero = await nonzeroPages(fromMemory);
+      const fileNonzero = await nonzeroPages(fromFile);
+
+      assert.strictEqual(loadedChild.hash, child.hash);
+      assert.strictEqual(fileStats.actual, TOUCH_BYTES);
+      assert.isAtMost(fileNonzero, MAX_NONZERO_PAGES_AFTER_DEFLATE);
+      assert.strictEqual(fileNonzero, memoryNonzero);
+      assert.isBelow(allocatedBytes(childFile), MAX_SNAPSHOT_BYTES, 'ballooned pages are holes in the diff');
     });
   });
 

@@ -227,6 +227,13 @@ export const SnapshotHeader = {
   features: 248,
   /** Guest address of the message buffer of the wait the guest was blocked in. */
   waitBuffer: 296,
+  /** Balloon target in 4 KiB pages. */
+  balloonTarget: 320,
+  balloonOffset: 328,
+  /** Number of 16-byte runs in the balloon section. */
+  balloonCount: 336,
+  /** SHA-256 of the balloon section. */
+  balloonSha: 344,
   /** SHA-256 of bytes [0, 4064) of the header. */
   headerSha: 4064,
 } as const;
@@ -238,6 +245,10 @@ export interface SnapshotLayout {
   indexOffset: number;
   /** Guest page numbers the file stores, in ascending order. */
   pages: number[];
+  balloonTarget: number;
+  balloonOffset: number;
+  /** Runs of ballooned frames, as the balloon section stores them. */
+  balloonRuns: Array<{ first: number; count: number }>;
   dataOffset: number;
   dataSize: number;
 }
@@ -250,14 +261,36 @@ export function readSnapshotLayout(file: Buffer): SnapshotLayout {
   for (let i = 0; i < u64(SnapshotHeader.indexCount); i++) {
     pages.push(u64(indexOffset + i * 8));
   }
+  const balloonOffset = u64(SnapshotHeader.balloonOffset);
+  const balloonRuns: Array<{ first: number; count: number }> = [];
+  for (let i = 0; i < u64(SnapshotHeader.balloonCount); i++) {
+    balloonRuns.push({ first: u64(balloonOffset + i * 16), count: u64(balloonOffset + i * 16 + 8) });
+  }
   return {
     stateOffset: u64(SnapshotHeader.stateOffset),
     stateSize: u64(SnapshotHeader.stateSize),
     indexOffset,
     pages,
+    balloonTarget: u64(SnapshotHeader.balloonTarget),
+    balloonOffset,
+    balloonRuns,
     dataOffset: u64(SnapshotHeader.dataOffset),
     dataSize: u64(SnapshotHeader.dataSize),
   };
+}
+
+/**
+ * Recomputes the balloon section checksum and then the header checksum of
+ * snapshot file bytes in place, after an edit of the balloon section.
+ */
+export function resealSnapshotBalloon(file: Buffer): void {
+  const offset = Number(file.readBigUInt64LE(SnapshotHeader.balloonOffset));
+  const count = Number(file.readBigUInt64LE(SnapshotHeader.balloonCount));
+  const digest = createHash('sha256')
+    .update(file.subarray(offset, offset + count * 16))
+    .digest();
+  digest.copy(file, SnapshotHeader.balloonSha);
+  resealSnapshotHeader(file);
 }
 
 /** Recomputes the header checksum of snapshot file bytes in place, after a header edit. */

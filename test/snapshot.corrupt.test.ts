@@ -14,7 +14,9 @@ import {
   rejectionOf,
   removeTempDir,
   requireKvm,
+  resealSnapshotBalloon,
   resealSnapshotHeader,
+  sleep,
 } from './helpers.js';
 import type { SnapshotLayout } from './helpers.js';
 
@@ -59,6 +61,34 @@ function firstUnlistedPage(layout: SnapshotLayout): number {
   const listed = new Set(layout.pages);
   let page = 0;
   while (listed.has(page)) page++;
+  return page;
+}
+
+/** Guest frames below this one are the reserved first MiB, never in a balloon. */
+const FIRST_BALLOON_FRAME = 256;
+
+/** Guest RAM of the ballooned snapshot, and its balloon: two chunks of the guest runtime. */
+const BALLOON_GUEST_MEMORY = '16M';
+const BALLOON_TARGET_BYTES = 2 * 1024 * 1024;
+const BALLOON_TIMEOUT_MS = 5000;
+
+/**
+ * Replaces the runs of the balloon section with `runs` and reseals the
+ * file. The section's page has room for 256 runs before the memory section.
+ */
+function writeBalloonRuns(bytes: Buffer, layout: SnapshotLayout, runs: Array<[first: bigint, count: bigint]>): void {
+  runs.forEach(([first, count], i) => {
+    bytes.writeBigUInt64LE(first, layout.balloonOffset + i * 16);
+    bytes.writeBigUInt64LE(count, layout.balloonOffset + i * 16 + 8);
+  });
+  bytes.writeBigUInt64LE(BigInt(runs.length), SnapshotHeader.balloonCount);
+  resealSnapshotBalloon(bytes);
+}
+
+/** Returns a listed page above the reserved first MiB, which contains data. */
+function listedPageAboveReserved(layout: SnapshotLayout): number {
+  const page = layout.pages.find((p) => p >= FIRST_BALLOON_FRAME);
+  if (page === undefined) throw new Error('the snapshot lists no page above the first MiB');
   return page;
 }
 
@@ -109,12 +139,20 @@ const flips: Corruption[] = [
 // checksum is the one that fails.
 const resealed: Corruption[] = [
   {
-    name: 'unknown version',
+    name: 'version 1',
     damage: (b) => {
-      b.writeUInt32LE(2, SnapshotHeader.version);
+      b.writeUInt32LE(1, SnapshotHeader.version);
       resealSnapshotHeader(b);
     },
-    reason: 'format version 2 is not supported',
+    reason: 'format version 1 is not supported',
+  },
+  {
+    name: 'unknown version',
+    damage: (b) => {
+      b.writeUInt32LE(3, SnapshotHeader.version);
+      resealSnapshotHeader(b);
+    },
+    reason: 'format version 3 is not supported',
   },
   {
     name: 'CPU feature missing here',
@@ -157,6 +195,55 @@ function truncation(name: string, cut: (bytes: Buffer, layout: SnapshotLayout) =
   return { name: `truncated at ${name}`, damage: (b, l) => b.subarray(0, cut(b, l)), reason };
 }
 
+/** Writes `value` into the u64 header field at `offset` and reseals the header. */
+function resealedField(name: string, offset: number, value: (bytes: Buffer, layout: SnapshotLayout) => bigint, reason: string): Corruption {
+  return {
+    name,
+    damage: (b, l) => {
+      b.writeBigUInt64LE(value(b, l), offset);
+      resealSnapshotHeader(b);
+    },
+    reason,
+  };
+}
+
+/** Replaces the balloon runs, with both checksums recomputed. */
+function balloonRuns(name: string, runs: (layout: SnapshotLayout) => Array<[bigint, bigint]>, reason: string): Corruption {
+  return { name, damage: (b, l) => writeBalloonRuns(b, l, runs(l)), reason };
+}
+
+const ramPages = (l: SnapshotLayout): bigint => BigInt(l.dataSize / PAGE_SIZE);
+const INCONSISTENT = 'sizes or offsets are inconsistent';
+const OUTSIDE_RAM = 'lies outside frames 256 to';
+
+// Damage to the balloon of a snapshot whose guest handed back 2 MiB.
+const balloonCases: Corruption[] = [
+  { name: 'flipped balloon run', damage: (b, l) => flip(b, l.balloonOffset + 1), reason: 'balloon section checksum' },
+  { name: 'flipped balloon target', damage: (b) => flip(b, SnapshotHeader.balloonTarget), reason: 'header checksum' },
+  { name: 'flipped balloon checksum', damage: (b) => flip(b, SnapshotHeader.balloonSha), reason: 'header checksum' },
+  resealedField('balloon target above RAM', SnapshotHeader.balloonTarget, (_b, l) => ramPages(l) + 1n, 'balloon target of'),
+  // With the header resealed, only the content hash still covers the target.
+  resealedField('other balloon target', SnapshotHeader.balloonTarget, (_b, l) => BigInt(l.balloonTarget - 1), 'content hash'),
+  resealedField('balloon run count 2^60', SnapshotHeader.balloonCount, () => 1n << 60n, INCONSISTENT),
+  resealedField('balloon runs past the memory offset', SnapshotHeader.balloonCount, () => 1000n, INCONSISTENT),
+  resealedField('balloon offset inside the index', SnapshotHeader.balloonOffset, (_b, l) => BigInt(l.indexOffset), INCONSISTENT),
+  resealedField('balloon offset near 2^64', SnapshotHeader.balloonOffset, () => (1n << 64n) - 8n, INCONSISTENT),
+  balloonRuns('balloon run in the first MiB', () => [[1n, 1n]], OUTSIDE_RAM),
+  balloonRuns('balloon run ending past RAM', (l) => [[ramPages(l) - 1n, 2n]], OUTSIDE_RAM),
+  balloonRuns('balloon run starting past RAM', () => [[1n << 63n, 1n]], OUTSIDE_RAM),
+  balloonRuns('balloon run of 2^64 - 1 frames', () => [[300n, (1n << 64n) - 1n]], OUTSIDE_RAM),
+  balloonRuns('empty balloon run', () => [[300n, 0n]], 'balloon run 0 is empty'),
+  balloonRuns('repeated balloon frame', () => [[300n, 2n], [301n, 1n]], 'balloon run 1 (from frame 301) repeats frames'),
+  balloonRuns(
+    'balloon runs out of order',
+    (l) => [...l.balloonRuns].reverse().map((r): [bigint, bigint] => [BigInt(r.first), BigInt(r.count)]),
+    'repeats frames or is out of order',
+  ),
+  balloonRuns('touching balloon runs', () => [[300n, 2n], [302n, 1n]], 'touches the run before'),
+  balloonRuns('ballooned frame with data', (l) => [[BigInt(listedPageAboveReserved(l)), 1n]], 'holds data'),
+  truncation('the balloon section', (_b, l) => l.balloonOffset + 8, 'truncated'),
+];
+
 const SHORT_HEADER = 'shorter than its 4096-byte header';
 
 const truncations: Corruption[] = [
@@ -174,23 +261,37 @@ describe('corrupted snapshot file', function () {
   let pristineFile: string;
   let pristine: Buffer;
   let layout: SnapshotLayout;
+  let ballooned: Buffer;
+  let balloonedLayout: SnapshotLayout;
   let vmm: VMM;
 
   before(async function () {
     requireKvm(this);
     dir = makeTempDir('snapshot-corrupt');
     pristineFile = path.join(dir, 'pristine.snap');
+    const balloonedFile = path.join(dir, 'ballooned.snap');
     const setup = new VMM();
     try {
       const vm = setup.createVM({ image: await loadGuest(setup, 'counter') });
       await vm.start();
       await vm.call('one');
       await (await vm.snapshot()).save(pristineFile);
+
+      const balloonVM = setup.createVM({ image: await loadGuest(setup, 'test-balloon'), memory: BALLOON_GUEST_MEMORY });
+      await balloonVM.start();
+      balloonVM.setBalloon(BALLOON_TARGET_BYTES);
+      const deadline = Date.now() + BALLOON_TIMEOUT_MS;
+      while (balloonVM.balloonStats().actual < BALLOON_TARGET_BYTES && Date.now() < deadline) {
+        await sleep(5);
+      }
+      await (await balloonVM.snapshot()).save(balloonedFile);
     } finally {
       await setup.close();
     }
     pristine = fs.readFileSync(pristineFile);
     layout = readSnapshotLayout(pristine);
+    ballooned = fs.readFileSync(balloonedFile);
+    balloonedLayout = readSnapshotLayout(ballooned);
   });
 
   after(function () {
@@ -218,16 +319,30 @@ describe('corrupted snapshot file', function () {
     assert.strictEqual(pristine.length, layout.dataOffset + layout.dataSize);
   });
 
+  it('has the balloon the balloon cases assume', function () {
+    const frames = balloonedLayout.balloonRuns.reduce((sum, run) => sum + run.count, 0);
+
+    assert.strictEqual(balloonedLayout.balloonTarget * PAGE_SIZE, BALLOON_TARGET_BYTES);
+    assert.strictEqual(frames * PAGE_SIZE, BALLOON_TARGET_BYTES);
+    assert.isAtLeast(balloonedLayout.balloonRuns.length, 2, 'the out-of-order case swaps two runs');
+    assert.strictEqual(balloonedLayout.balloonOffset % PAGE_SIZE, 0);
+    assert.isAtLeast(balloonedLayout.balloonOffset, balloonedLayout.indexOffset + balloonedLayout.pages.length * 8);
+    // The section's page ends where the memory section starts.
+    assert.strictEqual(balloonedLayout.balloonOffset + PAGE_SIZE, balloonedLayout.dataOffset);
+    assert.isAtLeast(listedPageAboveReserved(balloonedLayout), FIRST_BALLOON_FRAME);
+  });
+
   for (const group of [
-    { title: 'one flipped byte', cases: flips },
-    { title: 'a resealed header', cases: resealed },
-    { title: 'truncation', cases: truncations },
+    { title: 'one flipped byte', cases: flips, balloon: false },
+    { title: 'a resealed header', cases: resealed, balloon: false },
+    { title: 'truncation', cases: truncations, balloon: false },
+    { title: 'a damaged balloon', cases: balloonCases, balloon: true },
   ]) {
     describe(group.title, function () {
       for (const corruption of group.cases) {
         it(`rejects ${corruption.name}`, async function () {
-          const bytes = Buffer.from(pristine);
-          const damaged = corruption.damage(bytes, layout) ?? bytes;
+          const bytes = Buffer.from(group.balloon ? ballooned : pristine);
+          const damaged = corruption.damage(bytes, group.balloon ? balloonedLayout : layout) ?? bytes;
           const file = path.join(dir, `${corruption.name.replace(/\W+/g, '-')}.snap`);
           writeSparse(file, damaged);
 
@@ -249,6 +364,19 @@ describe('corrupted snapshot file', function () {
     const reply = parseCounter(await clone.call('two'));
 
     assert.strictEqual(reply.count, 2);
+  });
+
+  it('still loads the ballooned file', async function () {
+    const file = path.join(dir, 'ballooned-copy.snap');
+    writeSparse(file, ballooned);
+    const snapshot = await vmm.loadSnapshot(file);
+    const clone = vmm.createVM({ snapshot });
+    await clone.start();
+
+    const stats = clone.balloonStats();
+
+    assert.strictEqual(stats.actual, BALLOON_TARGET_BYTES);
+    assert.strictEqual(stats.target, BALLOON_TARGET_BYTES);
   });
 
   it('loads a sparse copy of the file', async function () {

@@ -238,7 +238,8 @@ Status Engine::boot_machine(Machine &m) {
     const uint64_t requested_target = m.balloon.target();
     const bool target_requested = m.balloon_wake;
     m.balloon.reset(m.ram_size / VMM_PAGE_SIZE);
-    // A snapshot loaded from a file carries no balloon (an empty bitmap).
+    // Every snapshot, also one loaded from a file, carries a balloon bitmap
+    // of its RAM size. The size check keeps a default-constructed bitmap out.
     if (m.snapshot && m.snapshot->balloon_pages().pages() > 0) {
         m.balloon.assign(m.snapshot->balloon_pages(), m.snapshot->balloon_target());
         // Taken after a new target but before the guest acted on it: the

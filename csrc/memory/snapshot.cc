@@ -41,13 +41,31 @@ Status seal_memfd(int fd) {
     return Status::success();
 }
 
+std::vector<FrameRun> frame_runs(const PageBitmap &pages) {
+    std::vector<FrameRun> runs;
+    for (uint64_t page = 0; page < pages.pages(); page++) {
+        if (!pages.test(page)) {
+            continue;
+        }
+        if (!runs.empty() && runs.back().first + runs.back().count == page) {
+            runs.back().count++;
+        } else {
+            runs.push_back(FrameRun{page, 1});
+        }
+    }
+    return runs;
+}
+
 Snapshot::Snapshot(std::shared_ptr<const MemorySource> memory, VcpuState cpu, WaitState wait,
-                   std::shared_ptr<const Snapshot> parent, PageBitmap diff)
+                   std::shared_ptr<const Snapshot> parent, PageBitmap diff, PageBitmap balloon,
+                   uint64_t balloon_target)
     : memory_(std::move(memory)),
       cpu_(std::move(cpu)),
       wait_(wait),
       parent_(std::move(parent)),
-      diff_(std::move(diff)) {}
+      diff_(std::move(diff)),
+      balloon_(std::move(balloon)),
+      balloon_target_(balloon_target) {}
 
 Status Snapshot::capture(const GuestMemory &memory, std::shared_ptr<const MemorySource> base,
                          const PageBitmap &dirty, VcpuState cpu, WaitState wait,
@@ -106,10 +124,8 @@ Status Snapshot::capture(const GuestMemory &memory, std::shared_ptr<const Memory
     if (!status.ok()) {
         return status;
     }
-    auto snapshot = std::make_shared<Snapshot>(std::move(source), std::move(cpu), wait,
-                                               std::move(parent), std::move(diff));
-    snapshot->set_balloon(std::move(balloon), balloon_target);
-    *out = std::move(snapshot);
+    *out = std::make_shared<Snapshot>(std::move(source), std::move(cpu), wait, std::move(parent),
+                                      std::move(diff), std::move(balloon), balloon_target);
     return Status::success();
 }
 
@@ -136,6 +152,12 @@ const std::array<uint8_t, 32> &Snapshot::content_hash() const {
             sha.update(&p, sizeof(p));
             sha.update(page.data(), VMM_PAGE_SIZE);
         }
+        // The balloon target and run count, then the runs: the same runs
+        // as a snapshot file's balloon section.
+        std::vector<FrameRun> runs = frame_runs(balloon_);
+        const uint64_t balloon_fields[] = {balloon_target_, runs.size()};
+        sha.update(balloon_fields, sizeof(balloon_fields));
+        sha.update(runs.data(), runs.size() * sizeof(FrameRun));
         hash_ = sha.finish();
     });
     return hash_;

@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "kvm/vcpu_state.h"
@@ -25,6 +26,19 @@ struct WaitState {
     uint64_t deadline_remaining_ns = 0;  // 0 = no deadline
 };
 
+// The guest page frames [first, first + count). Snapshot files and the
+// content hash store a balloon as ascending runs that neither overlap nor
+// touch, so every balloon has one encoding.
+struct FrameRun {
+    uint64_t first;
+    uint64_t count;
+};
+static_assert(sizeof(FrameRun) == 16, "a run is two uint64 values in files");
+
+// Returns the set pages of `pages` as ascending runs that neither overlap
+// nor touch.
+std::vector<FrameRun> frame_runs(const PageBitmap &pages);
+
 class Snapshot {
 public:
     // Builds a snapshot of memory mapped at `memory`, whose base is `base`
@@ -37,9 +51,11 @@ public:
                           std::shared_ptr<const Snapshot> parent, PageBitmap balloon,
                           uint64_t balloon_target, std::shared_ptr<const Snapshot> *out);
 
-    // Wraps memory and state read from a snapshot file.
+    // Wraps memory and state read from a snapshot file. `balloon` has one
+    // bit per page of RAM, and its pages read as zero in `memory`.
     Snapshot(std::shared_ptr<const MemorySource> memory, VcpuState cpu, WaitState wait,
-             std::shared_ptr<const Snapshot> parent, PageBitmap diff);
+             std::shared_ptr<const Snapshot> parent, PageBitmap diff, PageBitmap balloon,
+             uint64_t balloon_target);
 
     const std::shared_ptr<const MemorySource> &memory() const { return memory_; }
     const VcpuState &cpu() const { return cpu_; }
@@ -51,18 +67,14 @@ public:
     // there is no parent). A diff snapshot file stores only these.
     const PageBitmap &diff() const { return diff_; }
 
-    // Pages the guest had handed back, and the balloon target, when it was
-    // captured. Kept in memory only; snapshot files do not store them.
+    // Pages the guest had handed back, and the balloon target in pages, when
+    // it was captured. A clone inherits both, and snapshot files store them.
     const PageBitmap &balloon_pages() const { return balloon_; }
     uint64_t balloon_target() const { return balloon_target_; }
-    void set_balloon(PageBitmap pages, uint64_t target) {
-        balloon_ = std::move(pages);
-        balloon_target_ = target;
-    }
 
-    // SHA-256 over the vCPU state, the wait state and every present page
-    // with its page number. Computed on first use; a child file names its
-    // parent by this hash.
+    // SHA-256 over the vCPU state, the wait state, every present page with
+    // its page number, and the balloon. Computed on first use. A child file
+    // names its parent by this hash.
     const std::array<uint8_t, 32> &content_hash() const;
 
 private:

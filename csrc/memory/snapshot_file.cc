@@ -19,7 +19,10 @@ namespace vmm {
 namespace {
 
 constexpr char kMagic[8] = {'N', 'V', 'M', 'M', 'S', 'N', 'A', 'P'};
-constexpr uint32_t kVersion = 1;
+// Version 2 added the balloon section. The loader rejects version 1 files,
+// because they do not store the balloon and their clones would start with an
+// empty one.
+constexpr uint32_t kVersion = 2;
 constexpr uint64_t kHeaderSize = 4096;
 constexpr uint64_t kFlagDiff = 1;
 constexpr uint64_t kMaxStateSize = 1 << 20;
@@ -57,6 +60,10 @@ struct Header {
     uint64_t wait_buf;
     uint64_t wait_cap;
     uint64_t wait_deadline_remaining_ns;
+    uint64_t balloon_target;  // pages
+    uint64_t balloon_offset;
+    uint64_t balloon_count;  // FrameRun entries
+    uint8_t balloon_sha[32];
 };
 static_assert(sizeof(Header) < kHeaderSize - 32, "the header fits before its checksum");
 constexpr uint64_t kHeaderShaOffset = kHeaderSize - 32;
@@ -143,6 +150,68 @@ std::string hex(const uint8_t *bytes, size_t n) {
     return out;
 }
 
+// Returns the maximum number of balloon runs in `pages` pages of RAM. Runs lie
+// above the reserved first MiB with at least one frame between each other.
+uint64_t max_balloon_runs(uint64_t pages) {
+    const uint64_t first_frame = VMM_RESERVED_END / VMM_PAGE_SIZE;
+    return pages > first_frame ? (pages - first_frame + 1) / 2 : 0;
+}
+
+// Reads the balloon section that the header places inside the file, checks
+// it, and returns its frames as a bitmap of `pages` pages. Every frame must
+// be one that VMM_HC_BALLOON_INFLATE accepts (in RAM, above the first MiB),
+// and the runs must ascend with a gap between each other, so no frame
+// repeats and every balloon has one encoding.
+Status read_balloon(int fd, const std::string &path, const Header &header, uint64_t pages,
+                    PageBitmap *out) {
+    std::vector<FrameRun> runs(header.balloon_count);
+    const size_t bytes = runs.size() * sizeof(FrameRun);
+    if (!read_all(fd, runs.data(), bytes, header.balloon_offset)) {
+        return invalid(path, "the balloon section cannot be read");
+    }
+    Sha256 sha;
+    sha.update(runs.data(), bytes);
+    if (std::memcmp(sha.finish().data(), header.balloon_sha, 32) != 0) {
+        return invalid(path, "the balloon section checksum does not match");
+    }
+    const uint64_t first_frame = VMM_RESERVED_END / VMM_PAGE_SIZE;
+    PageBitmap frames(pages);
+    uint64_t previous_end = 0;
+    for (size_t i = 0; i < runs.size(); i++) {
+        const FrameRun &run = runs[i];
+        const auto first = static_cast<unsigned long long>(run.first);
+        const auto count = static_cast<unsigned long long>(run.count);
+        if (run.count == 0) {
+            return invalid(path, format("balloon run %zu is empty", i));
+        }
+        // run.first + run.count can overflow, so compare the count with
+        // the frames left after run.first instead.
+        if (run.first < first_frame || run.first >= pages || run.count > pages - run.first) {
+            return invalid(path, format("balloon run %zu (%llu frames from frame %llu) lies outside "
+                                        "frames %llu to %llu, the guest RAM above the first MiB",
+                                        i, count, first,
+                                        static_cast<unsigned long long>(first_frame),
+                                        static_cast<unsigned long long>(pages - 1)));
+        }
+        if (i > 0 && run.first < previous_end) {
+            return invalid(path, format("balloon run %zu (from frame %llu) repeats frames or is out "
+                                        "of order: the run before it ends at frame %llu",
+                                        i, first, static_cast<unsigned long long>(previous_end - 1)));
+        }
+        if (i > 0 && run.first == previous_end) {
+            return invalid(path, format("balloon run %zu (from frame %llu) touches the run before "
+                                        "it, which the writer would have merged",
+                                        i, first));
+        }
+        previous_end = run.first + run.count;
+        for (uint64_t frame = run.first; frame < previous_end; frame++) {
+            frames.set(frame);
+        }
+    }
+    *out = std::move(frames);
+    return Status::success();
+}
+
 std::string directory_of(const std::string &path) {
     size_t slash = path.rfind('/');
     if (slash == std::string::npos) {
@@ -165,6 +234,8 @@ Status save_snapshot(const Snapshot &snapshot, const KvmSystem &sys, const std::
         }
     }
     std::vector<uint8_t> state = snapshot.cpu().serialize();
+    const std::vector<FrameRun> balloon = frame_runs(snapshot.balloon_pages());
+    const uint64_t balloon_bytes = balloon.size() * sizeof(FrameRun);
 
     Header header{};
     std::memcpy(header.magic, kMagic, sizeof(kMagic));
@@ -180,7 +251,10 @@ Status save_snapshot(const Snapshot &snapshot, const KvmSystem &sys, const std::
     header.state_size = state.size();
     header.index_offset = align_page(header.state_offset + header.state_size);
     header.index_count = index.size();
-    header.data_offset = align_page(header.index_offset + index.size() * 8);
+    header.balloon_target = snapshot.balloon_target();
+    header.balloon_offset = align_page(header.index_offset + index.size() * 8);
+    header.balloon_count = balloon.size();
+    header.data_offset = align_page(header.balloon_offset + balloon_bytes);
     header.data_size = snapshot.ram_size();
     header.abi_version = VMM_ABI_VERSION;
     header.features = host_features(sys);
@@ -199,6 +273,10 @@ Status save_snapshot(const Snapshot &snapshot, const KvmSystem &sys, const std::
     index_sha.update(index.data(), index.size() * 8);
     digest = index_sha.finish();
     std::memcpy(header.index_sha, digest.data(), 32);
+    Sha256 balloon_sha;
+    balloon_sha.update(balloon.data(), balloon_bytes);
+    digest = balloon_sha.finish();
+    std::memcpy(header.balloon_sha, digest.data(), 32);
 
     uint64_t random = 0;
     if (getrandom(&random, sizeof(random), 0) != static_cast<ssize_t>(sizeof(random))) {
@@ -221,7 +299,8 @@ Status save_snapshot(const Snapshot &snapshot, const KvmSystem &sys, const std::
         return fail("ftruncate");
     }
     if (!write_all(fd, state.data(), state.size(), header.state_offset) ||
-        !write_all(fd, index.data(), index.size() * 8, header.index_offset)) {
+        !write_all(fd, index.data(), index.size() * 8, header.index_offset) ||
+        !write_all(fd, balloon.data(), balloon_bytes, header.balloon_offset)) {
         return fail("pwrite");
     }
     Sha256 data_sha;
@@ -317,20 +396,30 @@ Status load_snapshot(const KvmSystem &sys, const std::string &path,
     // Sizes and offsets, each checked against the file and for overflow.
     const uint64_t pages = header.ram_size / VMM_PAGE_SIZE;
     uint64_t index_bytes;
+    uint64_t balloon_bytes;
     uint64_t state_end;
     uint64_t index_end;
+    uint64_t balloon_end;
     uint64_t data_end;
     if (header.header_size != kHeaderSize || header.ram_size < VMM_RAM_MIN ||
         header.ram_size > VMM_RAM_MAX || header.ram_size % VMM_RAM_ALIGN != 0 ||
         header.data_size != header.ram_size || header.state_size > kMaxStateSize ||
         header.data_offset % VMM_PAGE_SIZE != 0 || header.index_count > pages ||
+        header.balloon_count > max_balloon_runs(pages) ||
         __builtin_mul_overflow(header.index_count, 8, &index_bytes) ||
+        __builtin_mul_overflow(header.balloon_count, sizeof(FrameRun), &balloon_bytes) ||
         __builtin_add_overflow(header.state_offset, header.state_size, &state_end) ||
         __builtin_add_overflow(header.index_offset, index_bytes, &index_end) ||
+        __builtin_add_overflow(header.balloon_offset, balloon_bytes, &balloon_end) ||
         __builtin_add_overflow(header.data_offset, header.data_size, &data_end) ||
         header.state_offset < kHeaderSize || state_end > header.index_offset ||
-        index_end > header.data_offset) {
+        index_end > header.balloon_offset || balloon_end > header.data_offset) {
         return invalid(path, "the header's sizes or offsets are inconsistent");
+    }
+    if (header.balloon_target > pages) {
+        return invalid(path, format("its balloon target of %llu pages exceeds its %llu pages of RAM",
+                                    static_cast<unsigned long long>(header.balloon_target),
+                                    static_cast<unsigned long long>(pages)));
     }
     if (data_end > file_size) {
         return invalid(path, format("the file is truncated: %llu bytes, the header needs %llu",
@@ -381,6 +470,11 @@ Status load_snapshot(const KvmSystem &sys, const std::string &path,
             return invalid(path, "the page index is not sorted or lists a page outside RAM");
         }
         listed.set(index[i]);
+    }
+    PageBitmap balloon;
+    Status balloon_status = read_balloon(fd, path, header, pages, &balloon);
+    if (!balloon_status.ok()) {
+        return balloon_status;
     }
 
     // Every listed page feeds the data checksum; any other data in the
@@ -489,6 +583,14 @@ Status load_snapshot(const KvmSystem &sys, const std::string &path,
         memory = merged;
     }
 
+    // The content hash and every clone read a ballooned page as zero.
+    for (uint64_t p = 0; p < pages; p++) {
+        if (balloon.test(p) && memory->present.test(p)) {
+            return invalid(path, format("balloon frame %llu holds data in the snapshot's memory",
+                                        static_cast<unsigned long long>(p)));
+        }
+    }
+
     // A snapshot file is input from outside: its vCPU must be in user mode
     // with the engine's paging, and its supervisor area (page tables, GDT,
     // IDT, stubs) exactly what the engine builds, so that a crafted file
@@ -518,7 +620,8 @@ Status load_snapshot(const KvmSystem &sys, const std::string &path,
     }
 
     auto snapshot = std::make_shared<Snapshot>(memory, std::move(cpu), wait, parent,
-                                               diff ? listed : present);
+                                               diff ? listed : present, std::move(balloon),
+                                               header.balloon_target);
     if (std::memcmp(snapshot->content_hash().data(), header.content_hash, 32) != 0) {
         return invalid(path, "its content does not match the content hash in its header");
     }

@@ -23,7 +23,8 @@ Status save_snapshot(const Snapshot &snapshot, const KvmSystem &sys, const std::
 // Reads and verifies the file at `path`. A diff file needs `parent`, whose
 // content hash must match the one the file names. Nothing is loaded unless
 // every check passes. Codes: ERR_SNAPSHOT_INVALID (truncated or corrupted
-// file, unknown version, CPU features this host lacks, wrong parent),
+// file, a format version other than 2, CPU features this host lacks, a
+// balloon outside guest RAM, wrong parent),
 // ERR_SNAPSHOT_READ (the file cannot be opened or read).
 Status load_snapshot(const KvmSystem &sys, const std::string &path,
                      std::shared_ptr<const Snapshot> parent,

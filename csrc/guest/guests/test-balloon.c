@@ -6,6 +6,9 @@
  *     free            free the touched block without free page reporting
  *     free-report     free the touched block with free page reporting
  *     balloon         pages in the balloon, as the guest counts them
+ *     nonzero <bytes> allocate <bytes> without writing them, reply with the
+ *                     number of whole pages inside that are not all zero,
+ *                     and free the allocation again without reporting it
  *     bad-frames      one raw inflate with hostile frame numbers (past RAM, in
  *                     the reserved area, above 4 GiB, all ones, one valid
  *                     frame twice); replies "added <n>" with the host's count
@@ -35,6 +38,27 @@ static uint64_t parse_number(const uint8_t *text, size_t len)
 static uint8_t pattern(size_t page)
 {
     return (uint8_t)(0xA5 ^ (page * 7));
+}
+
+/* Returns the number of whole pages inside [start, start + size) that
+ * contain a non-zero byte. */
+static uint64_t count_nonzero_pages(const uint8_t *start, size_t size)
+{
+    uintptr_t first = ((uintptr_t)start + VMM_PAGE_SIZE - 1) & ~(uintptr_t)(VMM_PAGE_SIZE - 1);
+    uintptr_t end = ((uintptr_t)start + size) & ~(uintptr_t)(VMM_PAGE_SIZE - 1);
+    uint64_t nonzero = 0;
+
+    for (uintptr_t page = first; page < end; page += VMM_PAGE_SIZE) {
+        const uint64_t *words = (const uint64_t *)page;
+
+        for (size_t i = 0; i < VMM_PAGE_SIZE / sizeof(uint64_t); i++) {
+            if (words[i] != 0) {
+                nonzero++;
+                break;
+            }
+        }
+    }
+    return nonzero;
 }
 
 static int64_t handle(const uint8_t *request, size_t len, uint8_t *reply, size_t cap)
@@ -75,6 +99,18 @@ static int64_t handle(const uint8_t *request, size_t len, uint8_t *reply, size_t
     } else if (starts_with(request, len, "balloon")) {
         vmm_snprintf(text, sizeof(text), "%llu", (unsigned long long)vmm_balloon_pages());
         answer = text;
+    } else if (starts_with(request, len, "nonzero ")) {
+        size_t size = (size_t)parse_number(request + 8, len - 8);
+        uint8_t *probe = vmm_malloc(size);
+
+        if (probe == NULL) {
+            answer = "out of memory";
+        } else {
+            vmm_snprintf(text, sizeof(text), "%llu",
+                         (unsigned long long)count_nonzero_pages(probe, size));
+            vmm_free_unreported(probe);
+            answer = text;
+        }
     } else if (starts_with(request, len, "bad-frames")) {
         /* The valid frame is a free heap page: the last whole page below
          * the stack reserve, which nothing allocates in these tests. */
