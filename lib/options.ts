@@ -23,8 +23,9 @@ export interface VMMOptions {
   /**
    * KVM contexts held at most, by VMs and the pool. When a VM needs one past
    * the cap, the least recently active waiting VM hibernates. Default: 0,
-   * which picks min(256, a quarter of available memory at 640 KiB each,
-   * what the file descriptor limit allows).
+   * which picks the smallest of 32 per worker thread, 256, a quarter of
+   * available memory at 640 KiB each, and what the file descriptor limit
+   * allows at two descriptors each.
    */
   maxResident?: number;
   /**

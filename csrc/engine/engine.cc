@@ -56,14 +56,20 @@ void install_kick_handler() {
 
 thread_local bool on_worker_thread = false;
 
-static uint64_t default_max_resident(uint64_t open_files) {
+static uint64_t default_max_resident(uint64_t open_files, unsigned workers) {
+    // 32 contexts per worker thread, and at most 256. Only `workers` VMs run
+    // at once, and a resident waiting VM only saves a wake (about 0.15 ms)
+    // when it is called again before it hibernates. But every resident KVM
+    // VM registers an MMU notifier that slows each VM creation and
+    // copy-on-write fault in the process: a clone's start took 0.24 ms with
+    // 100 resident and 0.54 ms with 1,000 on the 2-vCPU kvm_pvm test host.
+    // There, 100,000 clones got their first call at about 10,000 per second
+    // with 64 contexts and 8,700 with 256 (bench/density).
+    uint64_t limit = 32ull * workers;
+    limit = limit < 256 ? limit : 256;
     // About 640 KiB of host memory per resident context (kernel structures
-    // and shadow page tables; bench/boot's fleet measures it), given at most
-    // a quarter of the memory available now. Capped at 256: past that, the
-    // MMU notifier every KVM VM registers makes each copy-on-write fault and
-    // VM creation in the process slower (clone p50 0.24 ms with 100
-    // resident, 0.54 ms with 1,000, bench/clone on the kvm_pvm host), so
-    // idle VMs hibernate instead.
+    // and shadow page tables; bench/resident measures it), given at most a
+    // quarter of the memory available now.
     uint64_t available_kib = 0;
     if (FILE *meminfo = fopen("/proc/meminfo", "re")) {
         char line[128];
@@ -78,7 +84,6 @@ static uint64_t default_max_resident(uint64_t open_files) {
     }
     uint64_t by_memory = available_kib / 4 / 640;
     uint64_t by_files = open_files > 256 ? (open_files - 256) / 2 : 16;
-    uint64_t limit = 256;
     limit = by_memory > 0 && by_memory < limit ? by_memory : limit;
     limit = by_files < limit ? by_files : limit;
     return limit < 4 ? 4 : limit;
@@ -119,7 +124,7 @@ Engine::Engine(std::shared_ptr<KvmSystem> kvm, EngineOptions options,
         getrlimit(RLIMIT_NOFILE, &files);
     }
     if (options_.max_resident == 0) {
-        options_.max_resident = default_max_resident(files.rlim_cur);
+        options_.max_resident = default_max_resident(files.rlim_cur, options_.workers);
     }
     workers_.resize(options_.workers);
     for (unsigned i = 0; i < options_.workers; i++) {
