@@ -287,6 +287,13 @@ describe('new VMM() hibernation options', function () {
       assert.isAtMost(vmm.stats().maxResident, 256);
     });
 
+    it('scales the default cap with workers', function () {
+      vmm = new VMM({ workers: 1 });
+
+      assert.isAtLeast(vmm.stats().maxResident, 4);
+      assert.isAtMost(vmm.stats().maxResident, 32, '32 contexts per worker');
+    });
+
     it('applies a given maxResident', function () {
       vmm = new VMM({ maxResident: 7, idleMs: 0 });
 
