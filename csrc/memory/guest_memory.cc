@@ -135,9 +135,14 @@ namespace {
 constexpr uint64_t kPagemapPresent = 1ull << 63;
 constexpr uint64_t kPagemapFileOrShared = 1ull << 61;
 
-// Returns this process's /proc/self/pagemap, opened once: an open and close
-// per scan cost more than reading the entries of a 16 MiB VM. A forked child
-// opens its own, because the inherited descriptor shows the parent's pages.
+// Entries read per pread of pagemap: 16 MiB of guest RAM in one call, 32 KiB
+// of stack.
+constexpr uint64_t kPagemapBatch = 4096;
+
+// Returns this process's /proc/self/pagemap, opened once, which saves a
+// procfs path walk, permission check and close on every hibernation and
+// context release. A forked child opens its own, because the inherited
+// descriptor shows the parent's pages.
 // Returns -1 with errno set when it cannot be opened.
 int pagemap_fd() {
     static std::mutex mutex;
@@ -169,10 +174,10 @@ bool GuestMemory::scan_pagemap(Visit visit) const {
     }
     const uint64_t pages = size_ / VMM_PAGE_SIZE;
     const uint64_t first = reinterpret_cast<uint64_t>(base_) / VMM_PAGE_SIZE;
-    uint64_t entries[512];
+    uint64_t entries[kPagemapBatch];
     bool ok = true;
     for (uint64_t done = 0; done < pages;) {
-        uint64_t batch = pages - done < 512 ? pages - done : 512;
+        uint64_t batch = pages - done < kPagemapBatch ? pages - done : kPagemapBatch;
         ssize_t n = pread(fd, entries, batch * 8, static_cast<off_t>((first + done) * 8));
         if (n != static_cast<ssize_t>(batch * 8)) {
             ok = false;
@@ -196,10 +201,10 @@ uint64_t GuestMemory::private_bytes_in(uint64_t first, uint64_t count) const {
         return 0;
     }
     const uint64_t start = reinterpret_cast<uint64_t>(base_) / VMM_PAGE_SIZE + first;
-    uint64_t entries[512];
+    uint64_t entries[kPagemapBatch];
     uint64_t bytes = 0;
     for (uint64_t done = 0; done < count;) {
-        uint64_t batch = count - done < 512 ? count - done : 512;
+        uint64_t batch = count - done < kPagemapBatch ? count - done : kPagemapBatch;
         ssize_t n = pread(fd, entries, batch * 8, static_cast<off_t>((start + done) * 8));
         if (n != static_cast<ssize_t>(batch * 8)) {
             break;
