@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -12,6 +13,37 @@
 #include "vmm_abi.h"
 
 namespace vmm {
+
+namespace {
+
+// Sets the bits of the non-zero pages of memfd `fd`, mapped shared at
+// `bytes`. Only the data regions are read, because reading a hole of a memfd
+// through a shared mapping allocates a page for it, and zero-filled segments
+// far from the image's start would then cost their whole size.
+void mark_nonzero_pages(int fd, const uint8_t *bytes, uint64_t size, PageBitmap *present) {
+    uint64_t at = 0;
+    while (at < size) {
+        uint64_t start = at;
+        uint64_t end = size;
+        off_t data = lseek(fd, static_cast<off_t>(at), SEEK_DATA);
+        if (data >= 0) {
+            off_t hole = lseek(fd, data, SEEK_HOLE);
+            start = static_cast<uint64_t>(data);
+            end = hole < 0 ? size : std::min(static_cast<uint64_t>(hole), size);
+        } else if (errno == ENXIO) {
+            return;  // no data at or after `at`
+        }
+        // Without SEEK_DATA, the whole rest of the memfd counts as data.
+        for (uint64_t page = start / VMM_PAGE_SIZE; page * VMM_PAGE_SIZE < end; page++) {
+            if (!page_is_zero(bytes + page * VMM_PAGE_SIZE)) {
+                present->set(page);
+            }
+        }
+        at = end > at ? end : at + VMM_PAGE_SIZE;
+    }
+}
+
+}  // namespace
 
 bool page_is_zero(const uint8_t *page) {
     const auto *words = reinterpret_cast<const uint64_t *>(page);
@@ -87,11 +119,7 @@ Status Image::build_layout(uint64_t ram_size, std::shared_ptr<const MemorySource
     }
     auto source = std::make_shared<MemorySource>();
     source->present = PageBitmap(ram_size / VMM_PAGE_SIZE);
-    for (uint64_t page = 0; page < size / VMM_PAGE_SIZE; page++) {
-        if (!page_is_zero(bytes + page * VMM_PAGE_SIZE)) {
-            source->present.set(page);
-        }
-    }
+    mark_nonzero_pages(fd, bytes, size, &source->present);
     munmap(map, size);
 
     // Sealed: no VM or later code can change the pages every VM shares.
