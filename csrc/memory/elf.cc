@@ -190,6 +190,14 @@ std::string check_load(const uint8_t *phdr, size_t index, size_t file_size,
     if (memsz == 0) {
         return ""; // an empty segment loads nothing
     }
+    // The VMM maps each page writable or executable, never both, so that a
+    // guest can neither change its code nor run its data.
+    if ((flags & kElfPfW) != 0 && (flags & kElfPfX) != 0) {
+        return format_message("PT_LOAD %zu: p_flags 0x%" PRIx32 " sets both PF_W and PF_X, but "
+                              "the VMM maps no page both writable and executable, so link code "
+                              "and data into separate segments",
+                              index, flags);
+    }
     // The host copies bytes, so p_offset and p_vaddr need not be congruent
     // modulo p_align. The gABI allows only 0, 1 and powers of two, so any
     // other value marks a corrupt header.

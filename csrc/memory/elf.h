@@ -27,7 +27,7 @@ struct ElfSegment {
     uint64_t memsz;
     uint64_t offset;
     uint64_t filesz;
-    uint32_t flags; // PF_X | PF_W | PF_R bits of p_flags
+    uint32_t flags; // PF_X | PF_W | PF_R bits of p_flags, never both PF_W and PF_X
 };
 
 struct ElfImage {
