@@ -55,10 +55,6 @@ constexpr uint32_t kPtDynamic = 2;
 constexpr uint32_t kPtInterp = 3;
 constexpr uint32_t kPtNote = 4;
 
-// A static glibc executable linked by GNU ld 2.40 has 10 program headers. The
-// cap bounds the work done on a hostile file and rules out PN_XNUM (0xffff).
-constexpr uint16_t kMaxProgramHeaders = 64;
-
 constexpr uint64_t kPageSize = VMM_PAGE_SIZE;
 
 struct LoadSegment {
@@ -155,9 +151,9 @@ std::string check_header(const uint8_t *data, size_t size) {
     if (phnum == 0) {
         return "e_phnum is 0, so the file has no program headers";
     }
-    if (phnum > kMaxProgramHeaders) {
+    if (phnum > kElfMaxProgramHeaders) {
         return format_message("e_phnum %u is larger than the maximum %u", phnum,
-                              kMaxProgramHeaders);
+                              kElfMaxProgramHeaders);
     }
     uint64_t phoff = read_u64(data + kEPhoff);
     uint64_t table_size;
