@@ -222,6 +222,8 @@ export const SnapshotHeader = {
   indexCount: 120,
   dataOffset: 128,
   dataSize: 136,
+  /** SHA-256 of the vCPU state section. */
+  stateSha: 144,
   /** SHA-256 of the listed memory pages, in page index order. */
   dataSha: 208,
   abiVersion: 240,

@@ -173,6 +173,19 @@ function editMemory(bytes: Buffer, layout: SnapshotLayout, gpa: number, edit: (a
   resealSnapshotHeader(bytes);
 }
 
+// Offset of EFER in the vCPU state: struct kvm_regs (144 bytes), then
+// struct kvm_sregs, which has EFER at byte 264.
+const STATE_EFER = 144 + 264;
+const EFER_NXE = 0x800;
+
+/** Changes the vCPU state with `edit`, then recomputes its checksum and the header's. */
+function editState(bytes: Buffer, layout: SnapshotLayout, edit: (state: Buffer) => void): void {
+  const state = bytes.subarray(layout.stateOffset, layout.stateOffset + layout.stateSize);
+  edit(state);
+  createHash('sha256').update(state).digest().copy(bytes, SnapshotHeader.stateSha);
+  resealSnapshotHeader(bytes);
+}
+
 // Guest physical addresses in the supervisor area, from csrc/kvm/x86_layout.h.
 const PAGE_DIRECTORY_0 = 0x3000;
 const PAGE_TABLE_LOW = 0x7000;
@@ -184,10 +197,19 @@ function lowEntry(gpa: number): number {
   return PAGE_TABLE_LOW + (gpa / PAGE_SIZE) * 8;
 }
 
-// Edits of the page tables and stubs, with the memory and header checksums
+// Edits of the control registers, page tables and stubs, with the checksums
 // recomputed. The counter guest has 16 MiB of RAM, code at IMAGE_BASE, and
 // read-write RAM from 2 MiB to 4 MiB in one large page.
 const supervisor: Corruption[] = [
+  {
+    name: 'EFER without NXE',
+    damage: (b, l) =>
+      editState(b, l, (state) => {
+        const efer = state.readBigUInt64LE(STATE_EFER);
+        state.writeBigUInt64LE(efer & ~BigInt(EFER_NXE), STATE_EFER);
+      }),
+    reason: 'its control registers (cr0 0x80050033, cr4 0x620, efer 0x500) are not the engine',
+  },
   {
     name: 'code mapped writable',
     damage: (b, l) => editMemory(b, l, lowEntry(IMAGE_BASE), (at) => (b[at] |= 0x02)),

@@ -381,12 +381,10 @@ void initial_sregs(kvm_sregs *sregs) {
     sregs->idt.base = kIdt;
     sregs->idt.limit = kStubVectors * 16 - 1;
 
-    // CR0: PE, MP, ET, NE, WP, AM, PG. CR4: PAE, OSFXSR, OSXMMEXCPT (SSE in
-    // user mode). EFER: LME, LMA, NXE.
-    sregs->cr0 = 0x80050033ull;
+    sregs->cr0 = kCr0;
     sregs->cr3 = kPml4;
-    sregs->cr4 = 0x620ull;
-    sregs->efer = 0xD00ull;
+    sregs->cr4 = kCr4;
+    sregs->efer = kEfer;
     sregs->cr2 = 0;
     sregs->cr8 = 0;
     std::memset(sregs->interrupt_bitmap, 0, sizeof(sregs->interrupt_bitmap));

@@ -50,6 +50,14 @@ constexpr unsigned kStubSize = 16;
 // port I/O (IOPL is 0), so an exit on this port always comes from a stub.
 constexpr uint16_t kStubPort = 0x0510;
 
+// Control registers in guest user mode. CR0: PE, MP, ET, NE, WP, AM, PG.
+// CR4: PAE, OSFXSR, OSXMMEXCPT (SSE in user mode). EFER: LME, LMA, NXE, which
+// makes bit 63 of a page-table entry the no-execute bit. User mode cannot
+// change them.
+constexpr uint64_t kCr0 = 0x80050033;
+constexpr uint64_t kCr4 = 0x620;
+constexpr uint64_t kEfer = 0xD00;
+
 constexpr uint16_t kKernelCs = 0x08;
 constexpr uint16_t kKernelDs = 0x10;
 constexpr uint16_t kUserDs = 0x18 | 3;

@@ -540,6 +540,16 @@ Status load_snapshot(const KvmSystem &sys, const std::string &path,
         cpu.sregs.tr.base != x86::kTss) {
         return invalid(path, "its vCPU state is not the engine's user mode");
     }
+    // Without EFER.NXE the CPU would not honor the no-execute bits, and
+    // without CR0.PG or CR0.WP the page tables would not protect anything.
+    if (cpu.sregs.cr0 != x86::kCr0 || cpu.sregs.cr4 != x86::kCr4 ||
+        cpu.sregs.efer != x86::kEfer) {
+        return invalid(path, format("its control registers (cr0 0x%llx, cr4 0x%llx, efer 0x%llx) "
+                                    "are not the engine's",
+                                    static_cast<unsigned long long>(cpu.sregs.cr0),
+                                    static_cast<unsigned long long>(cpu.sregs.cr4),
+                                    static_cast<unsigned long long>(cpu.sregs.efer)));
+    }
     std::string supervisor_error = check_supervisor_area(*memory, header.ram_size);
     if (!supervisor_error.empty()) {
         return invalid(path, supervisor_error);
