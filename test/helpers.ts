@@ -222,6 +222,10 @@ export const SnapshotHeader = {
   indexCount: 120,
   dataOffset: 128,
   dataSize: 136,
+  /** SHA-256 of the vCPU state section. */
+  stateSha: 144,
+  /** SHA-256 of the listed memory pages, in page index order. */
+  dataSha: 208,
   abiVersion: 240,
   /** Eight u32 words of CPUID feature bits the snapshot's guest may use. */
   features: 248,

@@ -14,6 +14,7 @@ import {
     NOTE_HEADER_SIZE,
     PF_R,
     PF_W,
+    PF_X,
     type ProgramHeader,
     PT_DYNAMIC,
     PT_INTERP,
@@ -215,6 +216,17 @@ const loadCases: ImageCase[] = [
                 dataSegment(LOAD_ADDRESS + 0x1800n, 0x10n),
             ),
         expected: /PT_LOAD 3 \(0x101800-0x101810\) shares a 4 KiB page with PT_LOAD 2/,
+    },
+    {
+        name: 'rejects a writable code segment',
+        image: () =>
+            variant((image) => setProgramHeaderField(image, 0, 'p_flags', PF_R | PF_W | PF_X)),
+        expected: /PT_LOAD 0: p_flags 0x7 sets both PF_W and PF_X/,
+    },
+    {
+        name: 'rejects PF_W and PF_X without PF_R',
+        image: () => withProgramHeaders({ ...dataSegment(LOAD_ADDRESS + 0x1000n, 0x10n), flags: PF_W | PF_X }),
+        expected: /PT_LOAD 2: p_flags 0x3 sets both PF_W and PF_X/,
     },
     {
         name: 'rejects an image without PT_LOAD',

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -190,6 +191,91 @@ const resealed: Corruption[] = [
   },
 ];
 
+/**
+ * Changes guest memory at guest physical address `gpa` with `edit`, which
+ * gets the file offset, then recomputes the memory and header checksums, so
+ * that the check of the supervisor area is the first to fail. The page must
+ * be listed in the page index.
+ */
+function editMemory(bytes: Buffer, layout: SnapshotLayout, gpa: number, edit: (at: number) => void): void {
+  if (!layout.pages.includes(Math.floor(gpa / PAGE_SIZE))) {
+    throw new Error(`page of 0x${gpa.toString(16)} is not listed in the snapshot`);
+  }
+  edit(layout.dataOffset + gpa);
+  const sha = createHash('sha256');
+  for (const page of layout.pages) {
+    const at = layout.dataOffset + page * PAGE_SIZE;
+    sha.update(bytes.subarray(at, at + PAGE_SIZE));
+  }
+  sha.digest().copy(bytes, SnapshotHeader.dataSha);
+  resealSnapshotHeader(bytes);
+}
+
+// Offset of EFER in the vCPU state: struct kvm_regs (144 bytes), then
+// struct kvm_sregs, which has EFER at byte 264.
+const STATE_EFER = 144 + 264;
+const EFER_NXE = 0x800;
+
+/** Changes the vCPU state with `edit`, then recomputes its checksum and the header's. */
+function editState(bytes: Buffer, layout: SnapshotLayout, edit: (state: Buffer) => void): void {
+  const state = bytes.subarray(layout.stateOffset, layout.stateOffset + layout.stateSize);
+  edit(state);
+  createHash('sha256').update(state).digest().copy(bytes, SnapshotHeader.stateSha);
+  resealSnapshotHeader(bytes);
+}
+
+// Guest physical addresses in the supervisor area, from csrc/kvm/x86_layout.h.
+const PAGE_DIRECTORY_0 = 0x3000;
+const PAGE_TABLE_LOW = 0x7000;
+const STUBS = 0xb000;
+const IMAGE_BASE = 0x100000;
+
+/** Address of the page table entry in PAGE_TABLE_LOW for the page at `gpa` below 2 MiB. */
+function lowEntry(gpa: number): number {
+  return PAGE_TABLE_LOW + (gpa / PAGE_SIZE) * 8;
+}
+
+// Edits of the control registers, page tables and stubs, with the checksums
+// recomputed. The counter guest has 16 MiB of RAM, code at IMAGE_BASE, and
+// read-write RAM from 2 MiB to 4 MiB in one large page.
+const supervisor: Corruption[] = [
+  {
+    name: 'EFER without NXE',
+    damage: (b, l) =>
+      editState(b, l, (state) => {
+        const efer = state.readBigUInt64LE(STATE_EFER);
+        state.writeBigUInt64LE(efer & ~BigInt(EFER_NXE), STATE_EFER);
+      }),
+    reason: 'its control registers (cr0 0x80050033, cr4 0x620, efer 0x500) are not the engine',
+  },
+  {
+    name: 'code mapped writable',
+    damage: (b, l) => editMemory(b, l, lowEntry(IMAGE_BASE), (at) => (b[at] |= 0x02)),
+    reason: 'the page table entry 0x100067 for RAM at 0x100000 maps it both writable and executable',
+  },
+  {
+    name: 'large page mapped executable',
+    // Bit 63, NX, is the top bit of the entry's last byte.
+    damage: (b, l) => editMemory(b, l, PAGE_DIRECTORY_0 + 8, (at) => (b[at + 7] &= 0x7f)),
+    reason: 'for RAM at 0x200000 maps it both writable and executable',
+  },
+  {
+    name: 'page table outside the pool',
+    damage: (b, l) => editMemory(b, l, PAGE_DIRECTORY_0 + 8, (at) => b.writeBigUInt64LE(0x1027n, at)),
+    reason: 'the page directory entry 0x1027 for RAM at 0x200000 points outside the page-table pool',
+  },
+  {
+    name: 'supervisor page mapped for user mode',
+    damage: (b, l) => editMemory(b, l, lowEntry(0x1000), (at) => (b[at] |= 0x04)),
+    reason: 'its supervisor page at 0x7000 differs',
+  },
+  {
+    name: 'exception stub',
+    damage: (b, l) => editMemory(b, l, STUBS, (at) => flip(b, at)),
+    reason: 'its supervisor page at 0xb000 differs',
+  },
+];
+
 /** Cuts the file to the length `cut` returns. */
 function truncation(name: string, cut: (bytes: Buffer, layout: SnapshotLayout) => number, reason: string): Corruption {
   return { name: `truncated at ${name}`, damage: (b, l) => b.subarray(0, cut(b, l)), reason };
@@ -335,6 +421,7 @@ describe('corrupted snapshot file', function () {
   for (const group of [
     { title: 'one flipped byte', cases: flips, balloon: false },
     { title: 'a resealed header', cases: resealed, balloon: false },
+    { title: 'a resealed supervisor area', cases: supervisor, balloon: false },
     { title: 'truncation', cases: truncations, balloon: false },
     { title: 'a damaged balloon', cases: balloonCases, balloon: true },
   ]) {

@@ -76,6 +76,10 @@ describe('guest page fault', function () {
     it('names the address in the message', function () {
       assert.include(exit.detail.message, '0x40000000000');
     });
+
+    it('names the cause in the message', function () {
+      assert.include(exit.detail.message, '(read of an unmapped page)');
+    });
   });
 
   describe('on the supervisor area', function () {
@@ -107,6 +111,7 @@ describe('guest page fault', function () {
     it('reports a protection violation', function () {
       // 0x2000 is mapped for the supervisor only, so the page is present.
       assert.strictEqual((exit.detail.errorCode ?? 0) & PF_PRESENT, PF_PRESENT);
+      assert.include(exit.detail.message, "(write denied by the page's permissions)");
     });
 
     it('reports rip inside the image', function () {

@@ -121,6 +121,21 @@ ExitInfo crash_info(const Machine &m, const DecodedExit &exit, const char *what)
     return info;
 }
 
+// Describes a page fault from its error code. Bit 0 is set when the page was
+// present, so its permissions denied the access. Bit 1 marks a write and bit 4
+// an instruction fetch.
+const char *page_fault_cause(uint64_t error_code) {
+    const bool present = (error_code & 0x1) != 0;
+    if ((error_code & 0x10) != 0) {
+        return present ? "instruction fetch denied by the page's permissions"
+                       : "instruction fetch from an unmapped page";
+    }
+    if ((error_code & 0x2) != 0) {
+        return present ? "write denied by the page's permissions" : "write to an unmapped page";
+    }
+    return present ? "read denied by the page's permissions" : "read of an unmapped page";
+}
+
 // Reads the frame an exception stub left on the supervisor stack.
 ExitInfo exception_info(const Machine &m, const DecodedExit &exit) {
     ExitInfo info = crash_info(m, exit, "guest exception");
@@ -153,10 +168,12 @@ ExitInfo exception_info(const Machine &m, const DecodedExit &exit) {
     info.regs.rsp = words[6];
     const char *name = x86::vector_name(static_cast<unsigned>(info.vector));
     if (info.vector == 14) {
-        info.message = format("guest page fault (%s) at rip 0x%llx accessing 0x%llx, error code 0x%llx",
+        info.message = format("guest page fault (%s) at rip 0x%llx accessing 0x%llx, "
+                              "error code 0x%llx (%s)",
                               name, static_cast<unsigned long long>(info.rip),
                               static_cast<unsigned long long>(info.cr2),
-                              static_cast<unsigned long long>(info.error_code));
+                              static_cast<unsigned long long>(info.error_code),
+                              page_fault_cause(info.error_code));
     } else {
         info.message = format("guest exception %s (vector %llu) at rip 0x%llx, error code 0x%llx",
                               name, static_cast<unsigned long long>(info.vector),

@@ -55,10 +55,6 @@ constexpr uint32_t kPtDynamic = 2;
 constexpr uint32_t kPtInterp = 3;
 constexpr uint32_t kPtNote = 4;
 
-// A static glibc executable linked by GNU ld 2.40 has 10 program headers. The
-// cap bounds the work done on a hostile file and rules out PN_XNUM (0xffff).
-constexpr uint16_t kMaxProgramHeaders = 64;
-
 constexpr uint64_t kPageSize = VMM_PAGE_SIZE;
 
 struct LoadSegment {
@@ -155,9 +151,9 @@ std::string check_header(const uint8_t *data, size_t size) {
     if (phnum == 0) {
         return "e_phnum is 0, so the file has no program headers";
     }
-    if (phnum > kMaxProgramHeaders) {
+    if (phnum > kElfMaxProgramHeaders) {
         return format_message("e_phnum %u is larger than the maximum %u", phnum,
-                              kMaxProgramHeaders);
+                              kElfMaxProgramHeaders);
     }
     uint64_t phoff = read_u64(data + kEPhoff);
     uint64_t table_size;
@@ -189,6 +185,14 @@ std::string check_load(const uint8_t *phdr, size_t index, size_t file_size,
     }
     if (memsz == 0) {
         return ""; // an empty segment loads nothing
+    }
+    // The VMM maps each page writable or executable, never both, so that a
+    // guest can neither change its code nor run its data.
+    if ((flags & kElfPfW) != 0 && (flags & kElfPfX) != 0) {
+        return format_message("PT_LOAD %zu: p_flags 0x%" PRIx32 " sets both PF_W and PF_X, but "
+                              "the VMM maps no page both writable and executable, so link code "
+                              "and data into separate segments",
+                              index, flags);
     }
     // The host copies bytes, so p_offset and p_vaddr need not be congruent
     // modulo p_align. The gABI allows only 0, 1 and powers of two, so any

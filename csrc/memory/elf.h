@@ -20,6 +20,11 @@ constexpr uint32_t kElfPfX = 0x1; // PF_X
 constexpr uint32_t kElfPfW = 0x2; // PF_W
 constexpr uint32_t kElfPfR = 0x4; // PF_R
 
+// The maximum number of program headers that parse_elf accepts. A static glibc executable
+// linked by GNU ld 2.40 has 10. The cap bounds the work done on a hostile
+// file and rules out PN_XNUM (0xffff).
+constexpr uint16_t kElfMaxProgramHeaders = 64;
+
 // One PT_LOAD segment: copy filesz bytes from file offset `offset` to guest
 // address vaddr, then zero-fill up to vaddr + memsz.
 struct ElfSegment {
@@ -27,7 +32,7 @@ struct ElfSegment {
     uint64_t memsz;
     uint64_t offset;
     uint64_t filesz;
-    uint32_t flags; // PF_X | PF_W | PF_R bits of p_flags
+    uint32_t flags; // PF_X | PF_W | PF_R bits of p_flags, never both PF_W and PF_X
 };
 
 struct ElfImage {

@@ -212,6 +212,48 @@ Status read_balloon(int fd, const std::string &path, const Header &header, uint6
     return Status::success();
 }
 
+// Checks that the first MiB of `memory` contains the supervisor area that the
+// engine builds for some image: page tables that map each RAM page as
+// read-write, read-only or read-execute for user mode, and the engine's GDT,
+// IDT, TSS and stubs. Returns an empty string, or the reason it does not.
+std::string check_supervisor_area(const MemorySource &memory, uint64_t ram_size) {
+    std::vector<uint8_t> actual(VMM_RESERVED_END, 0);
+    for (uint64_t gpa = 0; gpa < VMM_RESERVED_END; gpa += VMM_PAGE_SIZE) {
+        if (memory.present.test(gpa / VMM_PAGE_SIZE) &&
+            !read_all(memory.fd, actual.data() + gpa, VMM_PAGE_SIZE, memory.offset + gpa)) {
+            return "a memory page cannot be read";
+        }
+    }
+
+    // The page tables are the engine's if they decode to page ranges and
+    // the engine, given those ranges, builds the same bytes.
+    std::vector<x86::PageRange> ranges;
+    std::string reason = x86::read_page_ranges(actual.data(), ram_size, &ranges);
+    if (!reason.empty()) {
+        return "its page tables are not the engine's: " + reason;
+    }
+
+    std::vector<uint8_t> expected(VMM_RESERVED_END, 0);
+    reason = x86::build_supervisor_area(expected.data(), ram_size, ranges);
+    if (!reason.empty()) {
+        return "its page tables are not the engine's: " + reason;
+    }
+
+    // The stubs' stack (kStackBottom to kSupervisorEnd) contains the last
+    // exception frame and is not compared. Nor is the boot information page.
+    const uint64_t checked[][2] = {{x86::kPml4, x86::kStackBottom},
+                                   {x86::kPtPool, x86::kPtPoolEnd}};
+    for (const auto &area : checked) {
+        for (uint64_t gpa = area[0]; gpa < area[1]; gpa += VMM_PAGE_SIZE) {
+            if (std::memcmp(actual.data() + gpa, expected.data() + gpa, VMM_PAGE_SIZE) != 0) {
+                return format("its supervisor page at 0x%llx differs from the engine's",
+                              static_cast<unsigned long long>(gpa));
+            }
+        }
+    }
+    return "";
+}
+
 std::string directory_of(const std::string &path) {
     size_t slash = path.rfind('/');
     if (slash == std::string::npos) {
@@ -600,23 +642,19 @@ Status load_snapshot(const KvmSystem &sys, const std::string &path,
         cpu.sregs.tr.base != x86::kTss) {
         return invalid(path, "its vCPU state is not the engine's user mode");
     }
-    {
-        std::vector<uint8_t> expected(VMM_RESERVED_END);
-        x86::build_supervisor_area(expected.data(), header.ram_size);
-        for (uint64_t gpa = x86::kPml4; gpa < x86::kStackBottom; gpa += VMM_PAGE_SIZE) {
-            const MemorySource &mem = *memory;
-            if (mem.present.test(gpa / VMM_PAGE_SIZE)) {
-                if (!read_all(mem.fd, page.data(), VMM_PAGE_SIZE, mem.offset + gpa)) {
-                    return invalid(path, "a memory page cannot be read");
-                }
-            } else {
-                std::memset(page.data(), 0, VMM_PAGE_SIZE);
-            }
-            if (std::memcmp(page.data(), expected.data() + gpa, VMM_PAGE_SIZE) != 0) {
-                return invalid(path, format("its supervisor page at 0x%llx differs from the "
-                                            "engine's", static_cast<unsigned long long>(gpa)));
-            }
-        }
+    // Without EFER.NXE the CPU would not honor the no-execute bits, and
+    // without CR0.PG or CR0.WP the page tables would not protect anything.
+    if (cpu.sregs.cr0 != x86::kCr0 || cpu.sregs.cr4 != x86::kCr4 ||
+        cpu.sregs.efer != x86::kEfer) {
+        return invalid(path, format("its control registers (cr0 0x%llx, cr4 0x%llx, efer 0x%llx) "
+                                    "are not the engine's",
+                                    static_cast<unsigned long long>(cpu.sregs.cr0),
+                                    static_cast<unsigned long long>(cpu.sregs.cr4),
+                                    static_cast<unsigned long long>(cpu.sregs.efer)));
+    }
+    std::string supervisor_error = check_supervisor_area(*memory, header.ram_size);
+    if (!supervisor_error.empty()) {
+        return invalid(path, supervisor_error);
     }
 
     auto snapshot = std::make_shared<Snapshot>(memory, std::move(cpu), wait, parent,

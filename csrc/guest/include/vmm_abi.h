@@ -27,7 +27,10 @@
  * Addresses below VMM_RESERVED_END belong to the VMM: page 0 is unmapped,
  * the supervisor area (page tables, GDT, IDT, TSS, exception stubs) is not
  * accessible from user mode, and the boot information page is read-only.
- * ELF segments must load at or above VMM_RESERVED_END. */
+ * ELF segments must load at or above VMM_RESERVED_END. The VMM maps a
+ * segment's pages with its permissions, executable only with PF_X and
+ * writable only with PF_W, and the rest of RAM writable but not executable.
+ * It rejects a segment with both PF_W and PF_X. */
 #define VMM_RESERVED_END 0x100000ull
 #define VMM_BOOT_INFO_ADDR 0x10000ull
 
