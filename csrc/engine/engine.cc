@@ -325,7 +325,7 @@ Status Engine::start(uint64_t vm_id) {
     m->state = VmState::kStarting;
     run_queue_.push_back(m);
     queue_length_.store(run_queue_.size(), std::memory_order_release);
-    work_cv_.notify_one();
+    wake_worker_locked();
     return Status::success();
 }
 
@@ -354,6 +354,17 @@ void Engine::make_runnable_locked(const std::shared_ptr<Machine> &m) {
     m->state = VmState::kRunnable;
     run_queue_.push_back(m);
     queue_length_.store(run_queue_.size(), std::memory_order_release);
+    wake_worker_locked();
+}
+
+void Engine::wake_worker_locked() {
+    // A polling worker takes the only queued VM within microseconds, and it
+    // checks the queue under mutex_ before it sleeps. Waking a second worker
+    // too would cost a futex call here and a thread that competes with
+    // Node's main thread for the cores.
+    if (run_queue_.size() == 1 && spinning_.load(std::memory_order_acquire)) {
+        return;
+    }
     work_cv_.notify_one();
 }
 

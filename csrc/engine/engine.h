@@ -218,6 +218,8 @@ private:
     void kick_locked(Machine &m);
     void fire_timers_locked(uint64_t now_ns);
     void make_runnable_locked(const std::shared_ptr<Machine> &m);
+    // Wakes a sleeping worker for a newly queued VM, unless one is polling.
+    void wake_worker_locked();
     std::shared_ptr<Machine> find_locked(uint64_t vm_id);
     // Completes a VMM_HC_WAIT that the guest is stopped in: copies the next
     // message in or reports the timeout. Returns false when nothing is ready.
