@@ -405,6 +405,12 @@ Status Engine::kill(uint64_t vm_id) {
 }
 
 void Engine::destroy(uint64_t vm_id) {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (std::shared_ptr<Machine> m = find_locked(vm_id)) {
+            m->destroyed.store(true, std::memory_order_release);
+        }
+    }
     kill(vm_id);
     std::lock_guard<std::mutex> lock(mutex_);
     machines_.erase(vm_id);

@@ -210,6 +210,10 @@ private:
     void park_locked(const std::shared_ptr<Machine> &m);
     // Emits the VM's kStarted event if it has not gone out yet.
     void push_started_locked(Machine &m);
+    // Emits `event`, preceded by the VM's kStarted event if that has not
+    // gone out yet, in one queue operation so that JavaScript gets both in
+    // one batch.
+    void push_after_started(Machine &m, Event event);
     // Builds one pooled context for prewarm(); returns its status.
     Status prewarm_one(const std::shared_ptr<const Snapshot> &snapshot);
     // Runs the vCPU until it waits, exits or is preempted.

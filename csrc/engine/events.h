@@ -55,6 +55,20 @@ public:
         }
     }
 
+    // Pushes both in order in one step, so that one drain takes both.
+    void push(Event first, Event second) {
+        bool was_empty;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            was_empty = events_.empty();
+            events_.push_back(std::move(first));
+            events_.push_back(std::move(second));
+        }
+        if (was_empty && notify_) {
+            notify_();
+        }
+    }
+
     std::vector<Event> drain() {
         std::lock_guard<std::mutex> lock(mutex_);
         std::vector<Event> out;

@@ -485,6 +485,17 @@ void Engine::push_started_locked(Machine &m) {
     }
 }
 
+void Engine::push_after_started(Machine &m, Event event) {
+    if (m.started_pending.exchange(false, std::memory_order_acq_rel)) {
+        Event started;
+        started.type = EventType::kStarted;
+        started.vm_id = m.id;
+        events_.push(std::move(started), std::move(event));
+        return;
+    }
+    events_.push(std::move(event));
+}
+
 void Engine::run_machine(const std::shared_ptr<Machine> &m, bool boot) {
     if (boot) {
         Status status = boot_machine(*m);
@@ -501,10 +512,9 @@ void Engine::run_machine(const std::shared_ptr<Machine> &m, bool boot) {
             finish(m, ExitInfo::failure("start failed: " + status.message));
             return;
         }
-        // With a message already queued, kStarted goes out with the first
-        // exit, so that a clone's start and its first reply reach
-        // JavaScript in one batch. The watchdog sends it after a slice if
-        // that exit does not come (a guest that computes or spins).
+        // With a message already queued, kStarted goes out with the VM's
+        // first event (see run_vcpu), so that a clone's start and its first
+        // reply reach JavaScript in one batch.
         std::lock_guard<std::mutex> lock(mutex_);
         m->started_pending.store(true, std::memory_order_release);
         if (m->inbox.empty()) {
@@ -598,7 +608,9 @@ void Engine::finish(const std::shared_ptr<Machine> &m, ExitInfo info) {
         kvm = std::move(m->kvm);
         memory = std::move(m->memory);
     }
-    {
+    // A destroyed VM's events would only wake JavaScript to be dropped.
+    const bool silent = m->destroyed.load(std::memory_order_acquire);
+    if (!silent) {
         std::lock_guard<std::mutex> lock(mutex_);
         push_started_locked(*m);
     }
@@ -610,22 +622,24 @@ void Engine::finish(const std::shared_ptr<Machine> &m, ExitInfo info) {
         event.error = Status::failure("ERR_VM_EXITED", "the VM exited before the snapshot");
         events_.push(std::move(event));
     }
-    {
-        std::lock_guard<std::mutex> lock(m->console.mutex);
-        if (!m->console.pending.empty() && !m->console.queued) {
-            m->console.queued = true;
-            Event event;
-            event.type = EventType::kConsole;
-            event.vm_id = m->id;
-            events_.push(std::move(event));
-        }
-    }
     const bool crashed = info.reason == "crash";
-    Event event;
-    event.type = EventType::kExit;
-    event.vm_id = m->id;
-    event.exit = std::make_shared<const ExitInfo>(std::move(info));
-    events_.push(std::move(event));
+    if (!silent) {
+        {
+            std::lock_guard<std::mutex> lock(m->console.mutex);
+            if (!m->console.pending.empty() && !m->console.queued) {
+                m->console.queued = true;
+                Event event;
+                event.type = EventType::kConsole;
+                event.vm_id = m->id;
+                events_.push(std::move(event));
+            }
+        }
+        Event event;
+        event.type = EventType::kExit;
+        event.vm_id = m->id;
+        event.exit = std::make_shared<const ExitInfo>(std::move(info));
+        events_.push(std::move(event));
+    }
     // Outside the engine lock: restoring pages and freeing contexts take
     // time. Off a worker (a kill or destroy from JavaScript), a worker does
     // it, so the main thread returns at once.

@@ -155,6 +155,9 @@ struct Machine {
     // on store and acquire on load, so that the worker that reads the flag
     // also reads the state written before it.
     std::atomic<bool> kill_requested{false};
+    // destroy() was called: JavaScript no longer listens to this VM, so its
+    // end emits no kStarted, kConsole or kExit event.
+    std::atomic<bool> destroyed{false};
     std::atomic<bool> preempt_requested{false};
     std::atomic<bool> pause_requested{false};  // stop for a snapshot, then continue
 

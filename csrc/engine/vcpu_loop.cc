@@ -36,13 +36,14 @@ public:
             Event event;
             event.type = EventType::kConsole;
             event.vm_id = m.id;
-            engine_.events_.push(std::move(event));
+            engine_.push_after_started(m, std::move(event));
         }
     }
 
     HypercallOutcome wait(Machine &m, uint64_t block_gpa, uint64_t buf, uint64_t cap,
                           uint64_t deadline) override {
         std::lock_guard<std::mutex> lock(engine_.mutex_);
+        engine_.push_started_locked(m);
         if (m.awaiting_reply != 0) {
             Event event;
             event.type = EventType::kCallFailed;
@@ -96,7 +97,7 @@ public:
         event.data.assign(data, data + len);
         m.awaiting_reply = 0;
         m.counters.replies.fetch_add(1, std::memory_order_relaxed);
-        engine_.events_.push(std::move(event));
+        engine_.push_after_started(m, std::move(event));
         return 0;
     }
 
@@ -227,12 +228,12 @@ void Engine::run_vcpu(const std::shared_ptr<Machine> &m) {
             continue;
         }
 
+        // kStarted goes out with the VM's first event (reply, console
+        // output, wait or end) rather than after the first exit, so that a
+        // clone's start and first reply reach JavaScript in one batch. The
+        // watchdog sends it after a slice for a guest that shows nothing.
         int err = kvm.run();
         m->counters.exits.fetch_add(1, std::memory_order_relaxed);
-        if (m->started_pending.load(std::memory_order_acquire)) {
-            std::lock_guard<std::mutex> lock(mutex_);
-            push_started_locked(*m);
-        }
         if (err == EINTR || err == EAGAIN) {
             // A kick (kill or preemption) or a stray signal; the checks at
             // the top of the loop decide. immediate_exit stays set until a
