@@ -71,7 +71,7 @@ export interface NativeEngine {
   prewarm(snapshot: NativeSnapshot, count: number, request: number): void;
   setBalloon(vm: number, pages: number): void;
   balloonStats(vm: number): NativeBalloonStats;
-  start(vm: number): void;
+  start(vm: number, callIds?: number[], payloads?: Uint8Array[]): void;
   call(vm: number, call: number, payload: Uint8Array): void;
   kill(vm: number): void;
   destroy(vm: number): void;

@@ -126,6 +126,10 @@ export class VM extends EventEmitter<VMEvents> {
   #exit: VMExit | undefined;
   #exitWaiters: Array<(exit: VMExit) => void> | undefined;
   #startWaiter: { resolve(): void; reject(err: Error): void } | undefined;
+  // Calls made after start() in the same synchronous run, which the native
+  // start carries so that the first run serves them. Set from start() until
+  // the deferred native start is issued.
+  #firstCalls: { ids: number[]; payloads: Uint8Array[] } | undefined;
   #destroyed = false;
   #snapshots = 0;
   #started = false;
@@ -145,6 +149,7 @@ export class VM extends EventEmitter<VMEvents> {
   get state(): VMState {
     if (this.#destroyed) return 'destroyed';
     if (this.#exit) return 'exited';
+    this.#issueStart();
     return this.#host.engine().state(this.id);
   }
 
@@ -155,6 +160,9 @@ export class VM extends EventEmitter<VMEvents> {
 
   /**
    * Builds the VM's KVM context on a worker thread and runs the guest.
+   * The engine gets the request at the end of the current synchronous run,
+   * with the calls made until then, so `vm.start(); vm.call(m)` has the
+   * guest's first run serve m.
    *
    * @returns a Promise that resolves once the guest runs
    * @throws VMMError `ERR_VM_ALREADY_STARTED`, `ERR_VM_DESTROYED`,
@@ -163,18 +171,53 @@ export class VM extends EventEmitter<VMEvents> {
    */
   start(): Promise<void> {
     if (this.#destroyed) return Promise.reject(this.#destroyedError());
+    if (this.#firstCalls) {
+      return Promise.reject(new VMMError('ERR_VM_ALREADY_STARTED', `VM ${this.id} was already started`));
+    }
+    if (this.#started) {
+      // The engine gives the right error (already started, or exited).
+      return new Promise((_resolve, reject) => {
+        try {
+          this.#host.engine().start(this.id);
+        } catch (err) {
+          reject(VMMError.fromNative(err));
+        }
+      });
+    }
     return new Promise((resolve, reject) => {
-      try {
-        this.#host.engine().start(this.id);
-      } catch (err) {
-        reject(VMMError.fromNative(err));
-        return;
-      }
       this.#startWaiter = { resolve, reject };
       this.#started = true;
+      this.#firstCalls = { ids: [], payloads: [] };
       this.#host.setAlive(this, true);
       this.#updateHold();
+      // The native start waits for the end of this synchronous run, so that
+      // `vm.start(); vm.call(m)` queues m before the VM's first run. Else a
+      // worker could boot the VM first, park it in its wait and run it a
+      // second time for m, with a second event batch for JavaScript.
+      queueMicrotask(() => this.#issueStart());
     });
+  }
+
+  /** Issues the deferred native start, with the calls made since start(). */
+  #issueStart(): void {
+    const first = this.#firstCalls;
+    if (!first) return;
+    this.#firstCalls = undefined;
+    if (this.#destroyed) return;
+    try {
+      this.#host.engine().start(this.id, first.ids, first.payloads);
+    } catch (err) {
+      const error = VMMError.fromNative(err);
+      this.#startWaiter?.reject(error);
+      this.#startWaiter = undefined;
+      for (const callId of first.ids) {
+        this.#pending?.get(callId)?.reject(error);
+        this.#pending?.delete(callId);
+      }
+      this.#started = false;
+      this.#host.setAlive(this, false);
+      this.#updateHold();
+    }
   }
 
   /**
@@ -203,6 +246,16 @@ export class VM extends EventEmitter<VMEvents> {
     if (this.#destroyed) return Promise.reject(this.#destroyedError());
     if (this.#exit) return Promise.reject(this.#exitedError());
     const callId = this.#host.nextCallId();
+    const first = this.#firstCalls;
+    if (first) {
+      // Copied: the caller may reuse its buffer before the start is issued.
+      first.ids.push(callId);
+      first.payloads.push(typeof payload === 'string' ? bytes : bytes.slice());
+      return new Promise((resolve, reject) => {
+        (this.#pending ??= new Map()).set(callId, { resolve, reject });
+        this.#updateHold();
+      });
+    }
     return new Promise((resolve, reject) => {
       try {
         this.#host.engine().call(this.id, callId, bytes);
@@ -234,6 +287,7 @@ export class VM extends EventEmitter<VMEvents> {
     if (this.#destroyed) return Promise.reject(this.#destroyedError());
     if (this.#exit) return Promise.reject(this.#exitedError());
     const request = this.#host.nextCallId();
+    this.#issueStart();
     return new Promise((resolve, reject) => {
       try {
         this.#host.engine().snapshot(this.id, request);
@@ -309,6 +363,7 @@ export class VM extends EventEmitter<VMEvents> {
    */
   balloonStats(): VMBalloonStats {
     if (this.#destroyed) throw this.#destroyedError();
+    this.#issueStart();
     try {
       const s = this.#host.engine().balloonStats(this.id);
       return {
@@ -333,6 +388,7 @@ export class VM extends EventEmitter<VMEvents> {
     if (this.#exit) return Promise.resolve(this.#exit);
     if (this.#destroyed) return Promise.reject(this.#destroyedError());
     const exited = this.wait();
+    this.#issueStart();
     this.#host.engine().kill(this.id);
     return exited;
   }
@@ -384,6 +440,7 @@ export class VM extends EventEmitter<VMEvents> {
    */
   stats(): VMStats {
     if (this.#destroyed) throw this.#destroyedError();
+    this.#issueStart();
     try {
       return this.#host.engine().stats(this.id);
     } catch (err) {

@@ -108,6 +108,86 @@ describe('VM#start()', function () {
   });
 });
 
+describe('VM#start() with calls in the same run', function () {
+  let vmm: VMM;
+  let echo: Image;
+
+  before(function () {
+    requireKvm(this);
+  });
+
+  beforeEach(async function () {
+    vmm = new VMM();
+    echo = await loadGuest(vmm, 'echo');
+  });
+
+  afterEach(async function () {
+    await vmm?.close();
+  });
+
+  it('serves the calls in order', async function () {
+    const vm = vmm.createVM({ image: echo });
+    const starting = vm.start();
+    const first = vm.call('one');
+    const second = vm.call('two');
+
+    await starting;
+    const replies = [new TextDecoder().decode(await first), new TextDecoder().decode(await second)];
+
+    assert.deepStrictEqual(replies, ['one', 'two']);
+    assert.strictEqual(vm.stats().calls, 2);
+  });
+
+  it('copies a reused payload buffer', async function () {
+    const vm = vmm.createVM({ image: echo });
+    const payload = new TextEncoder().encode('abc');
+    const starting = vm.start();
+    const reply = vm.call(payload);
+    payload.fill(0x7a);
+
+    await starting;
+
+    assert.strictEqual(new TextDecoder().decode(await reply), 'abc');
+  });
+
+  it('reports a started state at once', async function () {
+    const vm = vmm.createVM({ image: echo });
+    const starting = vm.start();
+
+    const state = vm.state;
+    await starting;
+
+    assert.notStrictEqual(state, 'created');
+  });
+
+  it('rejects all on destroy first', async function () {
+    const vm = vmm.createVM({ image: echo });
+    const starting = vm.start();
+    const reply = vm.call('lost');
+    vm.destroy();
+
+    const startError = await rejectionOf(starting);
+    const callError = await rejectionOf(reply);
+
+    assert.strictEqual(startError.code, 'ERR_VM_DESTROYED');
+    assert.strictEqual(callError.code, 'ERR_VM_DESTROYED');
+  });
+
+  it('ends on a kill in the same run', async function () {
+    const vm = vmm.createVM({ image: echo });
+    const starting = vm.start();
+    const reply = vm.call('lost');
+    const exit = await vm.kill();
+
+    const callError = await rejectionOf(reply);
+    const startSettled = await settleWithin(starting, SETTLE_MS);
+
+    assert.strictEqual(exit.reason, 'killed');
+    assert.strictEqual(callError.code, 'ERR_VM_EXITED');
+    assert.notStrictEqual(startSettled.status, 'pending', 'start() settles');
+  });
+});
+
 describe('VM exit code', function () {
   let vmm: VMM;
   let testExit: Image;

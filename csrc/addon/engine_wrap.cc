@@ -412,12 +412,46 @@ Napi::Value EngineWrap::engine_stats(const Napi::CallbackInfo &info) {
     return out;
 }
 
+// start(id, callIds?, payloads?): the optional arrays are messages that the
+// first run serves, in order, as if call() had sent them right after start.
 Napi::Value EngineWrap::start(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
     uint64_t id;
     if (!get_id(info, 0, &id)) {
-        return info.Env().Undefined();
+        return env.Undefined();
     }
-    Status status = engine_->start(id);
+    std::vector<Message> first;
+    if (info.Length() >= 3 && !info[1].IsUndefined()) {
+        if (!info[1].IsArray() || !info[2].IsArray() ||
+            info[1].As<Napi::Array>().Length() != info[2].As<Napi::Array>().Length()) {
+            Napi::TypeError::New(env, "expected (id, callIds, payloads) with arrays of one length")
+                .ThrowAsJavaScriptException();
+            return env.Undefined();
+        }
+        Napi::Array ids = info[1].As<Napi::Array>();
+        Napi::Array payloads = info[2].As<Napi::Array>();
+        for (uint32_t i = 0; i < ids.Length(); i++) {
+            Napi::Value call_id = ids.Get(i);
+            Napi::Value payload = payloads.Get(i);
+            if (!call_id.IsNumber() || !payload.IsTypedArray() ||
+                payload.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
+                payload.As<Napi::TypedArray>().ByteLength() > VMM_MSG_MAX) {
+                Napi::TypeError::New(env, "each first message must be a call id and a Uint8Array of "
+                                          "at most 65536 bytes")
+                    .ThrowAsJavaScriptException();
+                return env.Undefined();
+            }
+            double value = call_id.As<Napi::Number>().DoubleValue();
+            if (!(value >= 0 && value <= 9007199254740991.0)) {
+                Napi::RangeError::New(env, "call id out of range").ThrowAsJavaScriptException();
+                return env.Undefined();
+            }
+            Napi::Uint8Array bytes = payload.As<Napi::Uint8Array>();
+            first.push_back(Message{static_cast<uint64_t>(value),
+                                    std::vector<uint8_t>(bytes.Data(), bytes.Data() + bytes.ByteLength())});
+        }
+    }
+    Status status = engine_->start(id, std::move(first));
     if (!status.ok()) {
         to_js_error(info.Env(), status).ThrowAsJavaScriptException();
     }

@@ -308,7 +308,7 @@ std::shared_ptr<Machine> Engine::find_locked(uint64_t vm_id) {
     return it == machines_.end() ? nullptr : it->second;
 }
 
-Status Engine::start(uint64_t vm_id) {
+Status Engine::start(uint64_t vm_id, std::vector<Message> first) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) {
         return Status::failure("ERR_VMM_CLOSED", "the VMM is closed");
@@ -321,6 +321,10 @@ Status Engine::start(uint64_t vm_id) {
         return Status::failure("ERR_VM_ALREADY_STARTED",
                                format("VM %llu was already started",
                                       static_cast<unsigned long long>(vm_id)));
+    }
+    for (Message &message : first) {
+        m->inbox.push_back(std::move(message));
+        m->counters.calls.fetch_add(1, std::memory_order_relaxed);
     }
     m->state = VmState::kStarting;
     run_queue_.push_back(m);

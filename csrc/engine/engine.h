@@ -103,9 +103,11 @@ public:
     // Pooled contexts above the pool size stay until a VM uses them.
     Status prewarm(std::shared_ptr<const Snapshot> snapshot, uint64_t count, uint64_t request_id);
 
-    // Queues the VM's first run. Emits kStarted or kStartFailed.
+    // Queues the VM's first run with `first` already in its inbox, so that
+    // the first run serves them. Emits kStarted or kStartFailed, and kReply
+    // for each message as call() does.
     // Codes: ERR_VM_DESTROYED, ERR_VM_ALREADY_STARTED, ERR_VMM_CLOSED.
-    Status start(uint64_t vm_id);
+    Status start(uint64_t vm_id, std::vector<Message> first = {});
 
     // Queues a message. The reply arrives as kReply with the same call id.
     // Codes: ERR_VM_DESTROYED, ERR_VM_NOT_STARTED, ERR_VM_EXITED.
