@@ -76,7 +76,10 @@ const logImage = createDebug('vmm:image');
  * ```
  */
 export class VMM {
-  /** Options in force, with defaults filled in. */
+  /**
+   * Options in force, with defaults filled in. `maxResident` stays 0 when the
+   * engine picks the cap; `stats().maxResident` gives the cap in force.
+   */
   readonly options: Readonly<ResolvedVMMOptions>;
   #engine: NativeEngine | undefined;
   readonly #vms = new Map<number, WeakRef<VM>>();
@@ -312,10 +315,11 @@ export class VMM {
     this.#vms.clear();
     this.#alive.clear();
     this.#held.clear();
-    const closedError = new VMMError('ERR_VMM_CLOSED', 'the VMM was closed before the snapshot finished');
-    for (const waiter of this.#snapshotWaiters.values()) waiter.reject(closedError);
+    const snapshotError = new VMMError('ERR_VMM_CLOSED', 'the VMM was closed before the snapshot finished');
+    for (const waiter of this.#snapshotWaiters.values()) waiter.reject(snapshotError);
     this.#snapshotWaiters.clear();
-    for (const waiter of this.#prewarmWaiters.values()) waiter.reject(closedError);
+    const prewarmError = new VMMError('ERR_VMM_CLOSED', 'the VMM was closed before prewarm() finished');
+    for (const waiter of this.#prewarmWaiters.values()) waiter.reject(prewarmError);
     this.#prewarmWaiters.clear();
     this.#engine = undefined;
     engine.shutdown();

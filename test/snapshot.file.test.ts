@@ -161,6 +161,25 @@ describe('snapshot files', function () {
       assert.strictEqual(err.code, 'ERR_SNAPSHOT_WRITE');
       assert.include(err.message, file);
     });
+
+    it('rejects loading a directory', async function () {
+      const err = await rejectionOf(vmm.loadSnapshot(dir));
+
+      assert.strictEqual(err.code, 'ERR_SNAPSHOT_READ');
+      assert.include(err.message, 'not a regular file');
+    });
+
+    it('keeps a directory at the save path', async function () {
+      const snapshot = await (await counterAfter(1)).snapshot();
+      const target = path.join(dir, 'a-directory');
+      fs.mkdirSync(target);
+
+      const err = await rejectionOf(snapshot.save(target));
+
+      assert.strictEqual(err.code, 'ERR_SNAPSHOT_WRITE');
+      assert.include(err.message, 'not a regular file');
+      assert.isTrue(fs.statSync(target).isDirectory());
+    });
   });
 
   // The message a call sends is written into the guest's request buffer by

@@ -97,6 +97,16 @@ describe('VM#start()', function () {
     assert.strictEqual(err.code, 'ERR_VM_ALREADY_STARTED');
   });
 
+  it('rejects start after a kill', async function () {
+    const vm = vmm.createVM({ image: hello });
+    await vm.kill();
+
+    const err = await rejectionOf(vm.start());
+
+    assert.instanceOf(err, VMMError);
+    assert.strictEqual(err.code, 'ERR_VM_EXITED');
+  });
+
   it('rejects start after destroy', async function () {
     const vm = vmm.createVM({ image: hello });
     vm.destroy();

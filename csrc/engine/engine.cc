@@ -317,6 +317,9 @@ Status Engine::start(uint64_t vm_id, std::vector<Message> first) {
     if (!m) {
         return destroyed_error(vm_id);
     }
+    if (m->state == VmState::kExited && !m->start_requested) {
+        return exited_error(vm_id);  // killed before it was ever started
+    }
     if (m->state != VmState::kCreated) {
         return Status::failure("ERR_VM_ALREADY_STARTED",
                                format("VM %llu was already started",
@@ -326,6 +329,7 @@ Status Engine::start(uint64_t vm_id, std::vector<Message> first) {
         m->inbox.push_back(std::move(message));
         m->counters.calls.fetch_add(1, std::memory_order_relaxed);
     }
+    m->start_requested = true;
     m->state = VmState::kStarting;
     run_queue_.push_back(m);
     queue_length_.store(run_queue_.size(), std::memory_order_release);

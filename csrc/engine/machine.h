@@ -137,6 +137,7 @@ struct Machine {
     // whichever thread emits the event (exchange, acq_rel), so it goes out
     // once.
     std::atomic<bool> started_pending{false};
+    bool start_requested = false;  // Engine::start() accepted it; guarded by Engine::mutex_
     std::vector<uint64_t> snapshot_requests;  // request ids waiting for a capture
     bool balloon_wake = false;  // the balloon target changed; end the next wait with -EINTR
 

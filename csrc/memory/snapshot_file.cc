@@ -265,6 +265,15 @@ std::string directory_of(const std::string &path) {
 }  // namespace
 
 Status save_snapshot(const Snapshot &snapshot, const KvmSystem &sys, const std::string &path) {
+    // rename() replaces whatever the path names; replacing a device node,
+    // a directory or a socket with a snapshot is never what the caller meant.
+    struct stat existing {};
+    if (lstat(path.c_str(), &existing) == 0 && !S_ISREG(existing.st_mode)) {
+        return Status::failure("ERR_SNAPSHOT_WRITE",
+                               format("failed to save snapshot %s: the path exists and is not a "
+                                      "regular file; choose another path",
+                                      path.c_str()));
+    }
     const MemorySource &memory = *snapshot.memory();
     const bool diff = snapshot.parent() != nullptr;
     const PageBitmap &pages = diff ? snapshot.diff() : memory.present;
@@ -412,13 +421,24 @@ Status load_snapshot(const KvmSystem &sys, const std::string &path,
         return Status::from_errno("ERR_SNAPSHOT_READ", "fstat of the snapshot failed", errno,
                                   "fstat");
     }
+    if (!S_ISREG(st.st_mode)) {
+        return Status::failure("ERR_SNAPSHOT_READ",
+                               format("failed to read snapshot %s: not a regular file", path.c_str()));
+    }
     const uint64_t file_size = static_cast<uint64_t>(st.st_size);
 
     std::vector<uint8_t> block(kHeaderSize);
-    if (file_size < kHeaderSize || !read_all(fd, block.data(), kHeaderSize, 0)) {
+    if (file_size < kHeaderSize) {
         return invalid(path, format("the file is %llu bytes, shorter than its %llu-byte header",
                                     static_cast<unsigned long long>(file_size),
                                     static_cast<unsigned long long>(kHeaderSize)));
+    }
+    if (!read_all(fd, block.data(), kHeaderSize, 0)) {
+        int err = errno;
+        return Status::from_errno("ERR_SNAPSHOT_READ",
+                                  format("failed to read the header of snapshot %s: %s", path.c_str(),
+                                         err != 0 ? std::strerror(err) : "the file shrank"),
+                                  err, "pread");
     }
     Header header;
     std::memcpy(&header, block.data(), sizeof(header));
