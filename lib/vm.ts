@@ -49,9 +49,13 @@ export interface VMStats {
 
 /** Guest memory a VM holds on the host, from {@link VM.memoryStats}. */
 export interface VMMemoryStats {
-  /** Resident pages private to this VM (pages it wrote), in bytes. */
+  /**
+   * Resident pages private to this VM (pages it wrote), in bytes. For a
+   * hibernated VM, its record in the page store instead, without the pages
+   * that the store keeps once for many VMs.
+   */
   privateBytes: number;
-  /** Resident pages shared with its image or snapshot, in bytes. */
+  /** Resident pages shared with its image or snapshot, in bytes; 0 while hibernated. */
   sharedBytes: number;
 }
 

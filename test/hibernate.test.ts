@@ -114,6 +114,21 @@ describe('hibernation', function () {
   }
 
   describe('idle hibernation', function () {
+    it('reports the stored bytes as private', async function () {
+      const engine = await openVMM({ idleMs: 20 });
+      const vm = engine.createVM({ image: counterImage });
+      await vm.start();
+      await vm.call('one');
+      await waitForState(vm, 'hibernated');
+
+      const memory = vm.memoryStats();
+      const stats = engine.stats();
+
+      assert.isAbove(memory.privateBytes, 0, 'a hibernated VM still holds its written pages');
+      assert.isAtMost(memory.privateBytes, stats.pageStoreBytes);
+      assert.strictEqual(memory.sharedBytes, 0);
+    });
+
     it('keeps the count over 30 cycles', async function () {
       const engine = await openVMM({ idleMs: 20 });
       const vm = engine.createVM({ image: counterImage });
