@@ -120,12 +120,28 @@ function integerOption(name: string, value: unknown, min: number, max: number, f
   return value;
 }
 
+const VMM_OPTION_NAMES = ['workers', 'sliceMs', 'poolSize', 'maxResident', 'idleMs'];
+const CLONE_OPTION_NAMES = ['snapshot', 'image', 'memory', 'cmdline'];
+const IMAGE_OPTION_NAMES = ['image', 'memory', 'cmdline'];
+
+/** Throws for an option name outside `known`, so that a misspelt option is not silently ignored. */
+function rejectUnknownOptions(options: object, known: readonly string[]): void {
+  for (const name of Object.keys(options)) {
+    if (!known.includes(name)) {
+      const err = new TypeError(`The "${name}" option is not a known option. Known options: ${known.join(', ')}`);
+      (err as TypeError & { code: string }).code = 'ERR_INVALID_ARG_VALUE';
+      throw err;
+    }
+  }
+}
+
 /** Validates {@link VMMOptions} and fills in the defaults. */
 export function resolveVMMOptions(options: unknown): ResolvedVMMOptions {
   if (options === undefined) options = {};
   if (options === null || typeof options !== 'object') {
     throw invalidType('options', 'an object', options);
   }
+  rejectUnknownOptions(options, VMM_OPTION_NAMES);
   const input = options as VMMOptions;
   const cpus = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
   return {
@@ -147,6 +163,7 @@ export function resolveCreateVMOptions(
     throw invalidType('options', 'an object', options);
   }
   if ('snapshot' in options) {
+    rejectUnknownOptions(options, CLONE_OPTION_NAMES);
     const clone = options as CreateFromSnapshotOptions & Partial<CreateFromImageOptions>;
     if (!isSnapshot(clone.snapshot)) {
       throw invalidType('snapshot', 'a Snapshot returned by vm.snapshot() or vmm.loadSnapshot()', clone.snapshot);
@@ -158,6 +175,7 @@ export function resolveCreateVMOptions(
     }
     return { snapshot: clone.snapshot };
   }
+  rejectUnknownOptions(options, IMAGE_OPTION_NAMES);
   const input = options as CreateFromImageOptions;
   if (!isImage(input.image)) {
     throw invalidType('image', 'an Image returned by vmm.loadImage()', input.image);

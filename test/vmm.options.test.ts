@@ -40,6 +40,15 @@ describe('new VMM()', function () {
     });
   }
 
+  it('rejects an unknown option', function () {
+    const err = errorOf(() => new VMM({ poolsize: 4 } as VMMOptions));
+
+    assert.instanceOf(err, TypeError);
+    assert.strictEqual(err.code, 'ERR_INVALID_ARG_VALUE');
+    assert.include(err.message, '"poolsize"');
+    assert.include(err.message, 'poolSize');
+  });
+
   describe('with KVM', function () {
     const vmms: VMM[] = [];
 
@@ -86,6 +95,14 @@ describe('VMM#createVM() options', function () {
   function createError(options: Partial<CreateVMOptions>): ReturnType<typeof errorOf> {
     return errorOf(() => vmm.createVM({ image: hello, ...options } as CreateVMOptions));
   }
+
+  it('rejects an unknown option', function () {
+    const err = createError({ memroy: '32M' } as Partial<CreateVMOptions>);
+
+    assert.instanceOf(err, TypeError);
+    assert.strictEqual(err.code, 'ERR_INVALID_ARG_VALUE');
+    assert.include(err.message, '"memroy"');
+  });
 
   describe('memory', function () {
     const invalid: InvalidCase[] = [
