@@ -109,6 +109,19 @@ describe('snapshot files', function () {
       assert.strictEqual(reply.id, clone.id);
     });
 
+    it('rejects a clone of a truncated file', async function () {
+      const file = path.join(dir, 'truncated.snap');
+      await (await counterAfter(2)).snapshot().then((snapshot) => snapshot.save(file));
+      const loaded = await vmm.loadSnapshot(file);
+      fs.truncateSync(file, 8192);
+
+      const clone = vmm.createVM({ snapshot: loaded });
+      const err = await rejectionOf(clone.start());
+
+      assert.strictEqual(err.code, 'ERR_SNAPSHOT_INVALID');
+      assert.include(err.message, 'truncated');
+    });
+
     it('loads a file from another process', async function () {
       // The child saves a counter after two calls and prints the snapshot's
       // hash. This process never had the snapshot in memory.

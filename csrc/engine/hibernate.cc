@@ -165,8 +165,12 @@ Status Engine::hibernate(const std::shared_ptr<Machine> &ptr, bool *killed) {
 Status Engine::wake(Machine &m) {
     const uint64_t started = monotonic_ns();
     std::shared_ptr<const MemorySource> source = m.source;
+    Status status = source->check_size();
+    if (!status.ok()) {
+        return status;
+    }
     PooledContext ctx;
-    Status status = acquire_context(m.ram_size, source, &ctx);
+    status = acquire_context(m.ram_size, source, &ctx);
     if (!status.ok()) {
         return status;
     }

@@ -224,8 +224,12 @@ Status Engine::boot_machine(Machine &m) {
             return status;
         }
     }
+    Status status = source->check_size();
+    if (!status.ok()) {
+        return status;
+    }
     PooledContext ctx;
-    Status status = acquire_context(m.ram_size, source, &ctx);
+    status = acquire_context(m.ram_size, source, &ctx);
     if (!status.ok()) {
         return status;
     }

@@ -590,6 +590,7 @@ Status load_snapshot(const KvmSystem &sys, const std::string &path,
     if (!diff) {
         source->offset = header.data_offset;
         source->size = header.ram_size;
+        source->file = true;
         source->ram_size = header.ram_size;
         source->present = present;
         memory = source;

@@ -3,12 +3,14 @@
 // pages until it writes to them.
 #pragma once
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
 #include <vector>
 
+#include "common/status.h"
 #include "vmm_abi.h"
 
 namespace vmm {
@@ -96,6 +98,27 @@ struct MemorySource {
     uint64_t size = 0;      // bytes mapped from the file; above that, zero pages
     uint64_t ram_size = 0;  // guest RAM size this source was built for
     PageBitmap present;     // pages whose content is not all zero
+    // A snapshot file, which unlike a sealed memfd can shrink under the
+    // mapping; see check_size().
+    bool file = false;
+
+    // Fails when a snapshot file no longer covers `size` bytes from `offset`.
+    // The VMM's own accesses past a truncated end would raise SIGBUS in the
+    // whole process, so boots and wakes check first.
+    // NOTE: a truncation after this check still raises SIGBUS.
+    Status check_size() const {
+        struct stat st {};
+        if (!file) {
+            return Status::success();
+        }
+        if (fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < offset ||
+            static_cast<uint64_t>(st.st_size) - offset < size) {
+            return Status::failure("ERR_SNAPSHOT_INVALID",
+                                   "the snapshot file was truncated while loaded; replace "
+                                   "snapshot files with a rename, never in place");
+        }
+        return Status::success();
+    }
 
 private:
     static uint64_t next_id() {
