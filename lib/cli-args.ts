@@ -35,8 +35,8 @@ export function parseCommandArgs<Spec extends Record<string, OptionSpec>>(
   const options: Record<string, { type: 'string' | 'boolean' }> = {};
   for (const [name, option] of Object.entries(spec)) options[name] = { type: option.type };
 
-  // Non-strict parsing never throws, so the checks below can report each
-  // mistake with the command and option named.
+  // With strict: false, parseArgs() accepts unknown options and missing
+  // values, so the checks below can report each with the command and option.
   const { tokens } = parseArgs({ args, options, strict: false, allowPositionals: true, tokens: true });
   const values: Record<string, string | boolean> = {};
   const positionals: string[] = [];

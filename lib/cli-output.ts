@@ -48,15 +48,15 @@ export function checkWritable(option: string, file: string): void {
 /**
  * Writes `data` to `file`.
  *
- * @param what - what the file contains, for the error message, such as 'the SVG chart'
+ * @param contents - what the file contains, for the error message, such as 'the SVG chart'
  * @throws CommandError naming the file and the errno when the write fails
  */
-export function writeOutputFile(what: string, file: string, data: string): void {
+export function writeOutputFile(contents: string, file: string, data: string): void {
   try {
     fs.writeFileSync(file, data);
   } catch (err) {
     const errno = err as NodeJS.ErrnoException;
     if (errno.syscall === undefined) throw err;
-    throw new CommandError(`failed to write ${what} to '${file}': ${errnoText(errno)}`);
+    throw new CommandError(`failed to write ${contents} to '${file}': ${errnoText(errno)}`);
   }
 }
