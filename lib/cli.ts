@@ -1,42 +1,68 @@
 #!/usr/bin/env node
 // The `vmm` command: run a guest, list the bundled guests, boot a fleet.
 import * as fs from 'node:fs';
-import { parseArgs } from 'node:util';
 
 import { VMMError } from './errors';
 import { balloonChartSvg, runBalloonBench } from './balloon-bench';
+import { UsageError, parseCommandArgs, positiveInteger } from './cli-args';
+import { CommandError, checkWritable, writeOutputFile } from './cli-output';
 import { runDensity } from './density';
 import { runFleet } from './fleet';
 import { bundledGuest, listGuests } from './guests';
 import { Progress } from './measure';
 import { VMM } from './vmm';
 
+/**
+ * Maximum of `vmm fleet --vms`. The fleet keeps every VM resident, at about
+ * 0.6 MB of host memory and two file descriptors each (BENCHMARKS.md,
+ * "Resident contexts"), so 20,000 VMs already need about 12 GB.
+ */
+const MAX_FLEET_VMS = 20_000;
+/** Maximum of `vmm density --max-resident`, the maximum of the VMM's `maxResident` option. */
+const MAX_RESIDENT = 100_000;
+
 const USAGE = `Usage:
   vmm run <image> [--memory SIZE] [--cmdline STR]
-      Boot a guest image (a path, or the name of a bundled guest) and stream
-      its console to stdout. The exit status is the guest's exit code; a crash
-      or fault prints its reason to stderr and exits with status 70.
+      Boot a guest image and stream its console to stdout. <image> is a path
+      (it contains '/' or ends in .elf) or the name of a bundled guest (see
+      vmm guests): write ./NAME to run a file NAME in this directory.
+      Guests that serve messages, such as counter and echo, wait for messages
+      forever. This command sends none, so stop them with Ctrl-C.
       --memory SIZE   guest RAM, e.g. 16M or 64MiB (default 16M, multiple of 2M)
       --cmdline STR   command line the guest reads (default empty)
 
   vmm guests
-      Print each bundled guest: its name, a tab, its absolute path.
+      Print each bundled guest: its name, a tab, its absolute path, a tab
+      and what it does.
 
   vmm fleet [--vms N] [--concurrency N] [--clone] [--json]
-      Boot N counter VMs (default 1000), call each once, check each reply
-      carries its own VM id, print boot latency p50/p99, boots per second and
-      host memory per VM, then destroy them. Progress goes to stderr.
+      Boot N counter VMs, call each once, check each reply carries its own VM
+      id, print boot latency p50/p99, boots per second and host memory per VM,
+      then destroy them. Progress goes to stderr.
+      --vms N         VMs to boot (default 1,000, at most ${MAX_FLEET_VMS.toLocaleString('en-US')}). The whole
+                      fleet stays resident, at about 0.6 MB of host memory and
+                      two file descriptors per VM. For more VMs, use vmm density
+      --concurrency N VMs booting at once (default: the number of worker
+                      threads, one per CPU)
       --clone         boot one VM, snapshot it after its first call, and
                       create the fleet as clones; also cold-boot 50 VMs
                       for comparison and report private memory per clone
       --json          end with one line of JSON on stdout
 
   vmm density [--vms N] [--sample N] [--max-resident N] [--json]
-      Snapshot the counter guest after boot, create N clones (default
-      1,000,000) and call each once, let them hibernate, then call a random
-      sample (default 10,000) again. Prints host memory per idle VM, wake
-      latency p50/p99, first calls per second and the most KVM contexts
-      resident at once, with progress on stderr.
+      Snapshot the counter guest after boot, create N clones and call each
+      once, let them hibernate, then call a random sample again. Prints host
+      memory per idle VM, wake latency p50/p99, first calls per second and the
+      most KVM contexts resident at once, with progress on stderr. At the
+      default N it takes about 1.5 minutes (measured on 2 cores) and 2-3 GB
+      of host memory.
+      --vms N         clones to create (default 1,000,000)
+      --sample N      hibernated clones to call again (default 10,000, at
+                      most N)
+      --max-resident N
+                      maximum number of KVM contexts resident at once, from
+                      1 to ${MAX_RESIDENT.toLocaleString('en-US')} (default: the engine's cap, 32 per
+                      worker thread and at most 256)
       --json          end with one line of JSON on stdout
 
   vmm bench balloon [--json] [--svg FILE]
@@ -44,10 +70,17 @@ const USAGE = `Usage:
       deflates it again. Prints the bytes touched and reclaimed, private
       memory before and after, and the reclaim rate.
       --json          end with one line of JSON on stdout
-      --svg FILE      also draw host memory over time into FILE
+      --svg FILE      also draw host memory over time into FILE, an SVG image
 
   vmm help
       Print this text.
+
+Exit status:
+  0    success
+  N    vmm run: the guest's exit code
+  1    any other error, such as a failed check in fleet, density or bench
+  2    invalid command-line usage
+  70   vmm run: the guest crashed, faulted or was killed, including by Ctrl-C
 `;
 
 /** Exit status for a guest that crashed, faulted or was killed (EX_SOFTWARE). */
@@ -55,32 +88,17 @@ const EXIT_CRASH = 70;
 /** Exit status for invalid command-line usage. */
 const EXIT_USAGE = 2;
 
-class UsageError extends Error {}
-
-function positiveInteger(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  if (!/^\d+$/.test(value) || Number(value) < 1) {
-    throw new UsageError(`--${name} must be a positive integer, received '${value}'`);
-  }
-  return Number(value);
-}
-
 async function runCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: { memory: { type: 'string' }, cmdline: { type: 'string' } },
+  const { values, positionals } = parseCommandArgs('run', args, {
+    memory: { type: 'string', expects: 'a size such as 16M' },
+    cmdline: { type: 'string', expects: 'the command line for the guest' },
   });
   if (positionals.length !== 1) throw new UsageError('vmm run takes one image path or bundled guest name');
-  const target = positionals[0];
-  // A bare name such as "hello" is a bundled guest; anything with a slash
-  // or an .elf suffix is a path, reported as unreadable if it is missing.
-  const isPath = target.includes('/') || target.endsWith('.elf');
-  const path = isPath ? target : bundledGuest(target);
+  const imagePath = resolveImage(positionals[0]);
 
   const vmm = new VMM();
   try {
-    const image = await vmm.loadImage(path);
+    const image = await vmm.loadImage(imagePath);
     const vm = vmm.createVM({ image, memory: values.memory, cmdline: values.cmdline ?? '' });
     vm.on('console', (text) => process.stdout.write(text));
     const onSignal = (): void => {
@@ -107,29 +125,51 @@ async function runCommand(args: string[]): Promise<number> {
   }
 }
 
+/**
+ * Resolves the image argument of `vmm run`. A bare name such as "hello" is a
+ * bundled guest. Anything with a slash or an .elf suffix is a path, reported
+ * as unreadable by loadImage() if it is missing.
+ *
+ * @throws RangeError when no bundled guest has the name, with a hint when a
+ *   file of that name exists in the current directory
+ */
+function resolveImage(target: string): string {
+  if (target.includes('/') || target.endsWith('.elf')) return target;
+  try {
+    return bundledGuest(target);
+  } catch (err) {
+    if (err instanceof RangeError && fs.existsSync(target)) {
+      err.message += `. To run the file ${target} in this directory, use ./${target}`;
+    }
+    throw err;
+  }
+}
+
 function guestsCommand(args: string[]): number {
   if (args.length > 0) throw new UsageError('vmm guests takes no arguments');
-  for (const guest of listGuests()) process.stdout.write(`${guest.name}\t${guest.path}\n`);
+  for (const guest of listGuests()) {
+    process.stdout.write(`${guest.name}\t${guest.path}\t${guest.description}\n`);
+  }
   return 0;
 }
 
 async function fleetCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      vms: { type: 'string' },
-      concurrency: { type: 'string' },
-      clone: { type: 'boolean', default: false },
-      json: { type: 'boolean', default: false },
-    },
+  const { values, positionals } = parseCommandArgs('fleet', args, {
+    vms: { type: 'string', expects: 'a number of VMs' },
+    concurrency: { type: 'string', expects: 'a number of VMs booting at once' },
+    clone: { type: 'boolean' },
+    json: { type: 'boolean' },
   });
   if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
-  const vms = positiveInteger('vms', values.vms, 1000);
+  const vms = positiveInteger('vms', values.vms, 1000, {
+    max: MAX_FLEET_VMS,
+    instead: 'Every fleet VM stays resident, so use vmm density for more VMs',
+  });
   const concurrency = values.concurrency === undefined ? undefined : positiveInteger('concurrency', values.concurrency, 1);
-  const progress = new Progress(process.stderr, values.clone ? 'cloning' : 'booting', vms);
-  if (values.clone) process.stderr.write(`cold-booting 50 VMs for comparison, then prewarming ${vms} contexts\n`);
-  const result = await runFleet({ vms, concurrency, clone: values.clone, onProgress: (done) => progress.update(done) });
+  const clone = values.clone ?? false;
+  const progress = new Progress(process.stderr, clone ? 'cloning' : 'booting', vms);
+  if (clone) process.stderr.write(`cold-booting 50 VMs for comparison, then prewarming ${vms} contexts\n`);
+  const result = await runFleet({ vms, concurrency, clone, onProgress: (done) => progress.update(done) });
   const kib = (bytes: number): string => `${(bytes / 1024).toFixed(1)} KiB`;
   process.stdout.write(
     [
@@ -138,7 +178,7 @@ async function fleetCommand(args: string[]): Promise<number> {
       `boot to first reply:  p50 ${(result.bootP50Us / 1000).toFixed(2)} ms, p99 ${(result.bootP99Us / 1000).toFixed(2)} ms`,
       `boots per second:     ${result.bootsPerSecond}`,
       `host memory per VM:   ${kib(result.hostBytesPerVm)} (MemAvailable drop), ${kib(result.rssBytesPerVm)} (process RSS growth)`,
-      ...(values.clone
+      ...(clone
         ? [
             `cold boot (sample):   p50 ${((result.coldBootP50Us ?? 0) / 1000).toFixed(2)} ms`,
             `clone speed-up:       ${((result.coldBootP50Us ?? 0) / Math.max(1, result.cloneP50Us ?? 1)).toFixed(1)}x (p50)`,
@@ -160,7 +200,7 @@ async function fleetCommand(args: string[]): Promise<number> {
       hostBytesPerVm,
       rssBytesPerVm,
     };
-    if (values.clone) {
+    if (clone) {
       json.cloneP50Us = result.cloneP50Us;
       json.cloneP99Us = result.cloneP99Us;
       json.coldBootP50Us = result.coldBootP50Us;
@@ -173,20 +213,19 @@ async function fleetCommand(args: string[]): Promise<number> {
 }
 
 async function densityCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      vms: { type: 'string' },
-      sample: { type: 'string' },
-      'max-resident': { type: 'string' },
-      json: { type: 'boolean', default: false },
-    },
+  const { values, positionals } = parseCommandArgs('density', args, {
+    vms: { type: 'string', expects: 'a number of clones' },
+    sample: { type: 'string', expects: 'a number of clones to call again' },
+    'max-resident': { type: 'string', expects: 'a number of KVM contexts' },
+    json: { type: 'boolean' },
   });
   if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
   const vms = positiveInteger('vms', values.vms, 1_000_000);
   const sample = positiveInteger('sample', values.sample, 10_000);
-  const maxResident = values['max-resident'] === undefined ? undefined : positiveInteger('max-resident', values['max-resident'], 1);
+  const maxResident =
+    values['max-resident'] === undefined
+      ? undefined
+      : positiveInteger('max-resident', values['max-resident'], 1, { max: MAX_RESIDENT });
   const bars = new Map<string, Progress>();
   const result = await runDensity({
     vms,
@@ -223,14 +262,14 @@ async function densityCommand(args: string[]): Promise<number> {
 }
 
 async function benchCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: { json: { type: 'boolean', default: false }, svg: { type: 'string' } },
+  const { values, positionals } = parseCommandArgs('bench', args, {
+    json: { type: 'boolean' },
+    svg: { type: 'string', expects: 'a file name for the SVG chart' },
   });
   if (positionals.length !== 1 || positionals[0] !== 'balloon') {
     throw new UsageError(`vmm bench takes one benchmark name, 'balloon'; received '${positionals.join(' ')}'`);
   }
+  if (values.svg !== undefined) checkWritable('--svg', values.svg);
   process.stderr.write('touching 64 MiB in a guest, freeing it, inflating and deflating the balloon\n');
   const result = await runBalloonBench();
   const mib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
@@ -244,8 +283,8 @@ async function benchCommand(args: string[]): Promise<number> {
       '',
     ].join('\n'),
   );
-  if (values.svg) {
-    fs.writeFileSync(values.svg, balloonChartSvg(result, 'Balloon: host memory over time'));
+  if (values.svg !== undefined) {
+    writeOutputFile('the SVG chart', values.svg, balloonChartSvg(result, 'Balloon: host memory over time'));
   }
   if (values.json) {
     const { touchedBytes, reclaimedBytes, privateBytesBefore, privateBytesAfter, reclaimMiBPerSec } = result;
@@ -285,9 +324,13 @@ export async function main(argv: string[]): Promise<number> {
         throw new UsageError(`unknown command '${command}'`);
     }
   } catch (err) {
-    if (err instanceof UsageError || (err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+    if (err instanceof UsageError) {
       process.stderr.write(`vmm: ${(err as Error).message}\nRun 'vmm help' for usage.\n`);
       return EXIT_USAGE;
+    }
+    if (err instanceof CommandError) {
+      process.stderr.write(`vmm: ${err.message}\n`);
+      return 1;
     }
     if (err instanceof VMMError || err instanceof RangeError || err instanceof TypeError) {
       const code = (err as { code?: string }).code;

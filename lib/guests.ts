@@ -7,6 +7,19 @@ import { packageRoot } from './binding';
 export const guestDir = path.join(packageRoot, 'prebuilds', 'guests');
 
 /**
+ * Prefix of the guests built for the test suite and the benchmarks. They stay
+ * loadable with bundledGuest() but are left out of listGuests().
+ */
+const INTERNAL_PREFIX = 'test-';
+
+/** Descriptions of the user guests, taken from the comment atop each source in csrc/guest/guests. */
+const DESCRIPTIONS: Record<string, string> = {
+  hello: 'prints a greeting with its VM id and command line, then exits 0',
+  counter: 'replies to each message with JSON: its VM id, the calls served and the message',
+  echo: 'replies to each message with the message unchanged',
+};
+
+/**
  * Absolute path of a bundled guest image, such as `hello` or `counter`.
  *
  * @throws RangeError when no bundled guest has that name
@@ -26,8 +39,11 @@ export function bundledGuest(name: string): string {
   return file;
 }
 
-/** Every bundled guest image, sorted by name. */
-export function listGuests(): Array<{ name: string; path: string }> {
+/**
+ * Lists the bundled guest images meant for users, sorted by name. The
+ * `test-*` guests of the test suite and benchmarks are left out.
+ */
+export function listGuests(): Array<{ name: string; path: string; description: string }> {
   let entries: string[];
   try {
     entries = fs.readdirSync(guestDir);
@@ -35,7 +51,10 @@ export function listGuests(): Array<{ name: string; path: string }> {
     return [];
   }
   return entries
-    .filter((file) => file.endsWith('.elf'))
+    .filter((file) => file.endsWith('.elf') && !file.startsWith(INTERNAL_PREFIX))
     .sort()
-    .map((file) => ({ name: file.slice(0, -4), path: path.join(guestDir, file) }));
+    .map((file) => {
+      const name = file.slice(0, -4);
+      return { name, path: path.join(guestDir, file), description: DESCRIPTIONS[name] ?? '' };
+    });
 }

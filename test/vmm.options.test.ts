@@ -307,4 +307,30 @@ describe('bundledGuest()', function () {
     assert.instanceOf(err, RangeError);
     assert.strictEqual(err.code, 'ERR_OUT_OF_RANGE');
   });
+
+  it('still resolves a test guest', function () {
+    assert.match(bundledGuest('test-spin'), /test-spin\.elf$/);
+  });
+
+  it('suggests no test guests', function () {
+    const err = errorOf(() => bundledGuest('no-such-guest'));
+
+    assert.include(err.message, 'available: counter, echo, hello');
+    assert.notInclude(err.message, 'test-');
+  });
+});
+
+describe('listGuests()', function () {
+  it('lists the user guests only', function () {
+    assert.deepEqual(
+      listGuests().map((guest) => guest.name),
+      ['counter', 'echo', 'hello'],
+    );
+  });
+
+  it('describes each user guest', function () {
+    for (const guest of listGuests()) {
+      assert.isNotEmpty(guest.description, `no description for ${guest.name}`);
+    }
+  });
 });
