@@ -72,7 +72,8 @@ interface CounterReply {
 export async function runFleet(options: FleetOptions = {}): Promise<FleetResult> {
   const total = options.vms ?? 1000;
   // The fleet stays resident until it is measured: no idle hibernation, and
-  // a context cap above the fleet's size.
+  // a context cap above the fleet's size, up to the option's maximum of
+  // 100,000 (the CLI allows at most 20,000 VMs).
   const vmm = new VMM({ idleMs: 0, maxResident: Math.min(total + 64, 100_000) });
   const concurrency = Math.max(1, options.concurrency ?? vmm.options.workers);
   const memory = options.memory ?? '16M';
