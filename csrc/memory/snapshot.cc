@@ -67,6 +67,30 @@ Snapshot::Snapshot(std::shared_ptr<const MemorySource> memory, VcpuState cpu, Wa
       balloon_(std::move(balloon)),
       balloon_target_(balloon_target) {}
 
+namespace {
+
+// True when `host` (whose all-zero test is `zero`) equals page `page` of
+// `base`. A pooled context keeps the pages it copied back from its source
+// private, so a page can count as written although its content is the
+// base's; a diff need not store such a page. A base page that cannot be
+// read counts as different, which only makes the diff larger.
+bool equals_base_page(const MemorySource &base, uint64_t page, const uint8_t *host, bool zero) {
+    if (!base.present.test(page)) {
+        return zero;
+    }
+    if (zero) {
+        return false;
+    }
+    uint8_t original[VMM_PAGE_SIZE];
+    const off_t offset = static_cast<off_t>(base.offset + page * VMM_PAGE_SIZE);
+    if (pread(base.fd, original, VMM_PAGE_SIZE, offset) != static_cast<ssize_t>(VMM_PAGE_SIZE)) {
+        return false;
+    }
+    return std::memcmp(original, host, VMM_PAGE_SIZE) == 0;
+}
+
+}  // namespace
+
 Status Snapshot::capture(const GuestMemory &memory, std::shared_ptr<const MemorySource> base,
                          const PageBitmap &dirty, VcpuState cpu, WaitState wait,
                          std::shared_ptr<const Snapshot> parent, PageBitmap balloon,
@@ -100,10 +124,11 @@ Status Snapshot::capture(const GuestMemory &memory, std::shared_ptr<const Memory
             continue;
         }
         const uint8_t *host = memory.host() + page * VMM_PAGE_SIZE;
-        if (written) {
+        const bool zero = page_is_zero(host);
+        if (written && !equals_base_page(*base, page, host, zero)) {
             diff.set(page);
         }
-        if (page_is_zero(host)) {
+        if (zero) {
             continue;
         }
         source->present.set(page);
