@@ -160,6 +160,18 @@ describe('VM#start() with calls in the same run', function () {
     assert.strictEqual(new TextDecoder().decode(await reply), 'abc');
   });
 
+  it('copies a reused Buffer subarray', async function () {
+    const vm = vmm.createVM({ image: echo });
+    const buffer = Buffer.from('xabcx');
+    const starting = vm.start();
+    const reply = vm.call(buffer.subarray(1, 4));
+    buffer.fill(0x7a);
+
+    await starting;
+
+    assert.strictEqual(new TextDecoder().decode(await reply), 'abc');
+  });
+
   it('reports a started state at once', async function () {
     const vm = vmm.createVM({ image: echo });
     const starting = vm.start();
