@@ -415,7 +415,9 @@ void Engine::handle_snapshot_requests(const std::shared_ptr<Machine> &m) {
             event.type = EventType::kSnapshotFailed;
             event.error = status;
         }
-        events_.push(std::move(event));
+        // A VM started with calls queued has not sent kStarted yet, and a
+        // snapshot must not settle before start() does.
+        push_after_started(vm, std::move(event));
     }
 }
 
