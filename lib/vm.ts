@@ -253,8 +253,9 @@ export class VM extends EventEmitter<VMEvents> {
     const first = this.#firstCalls;
     if (first) {
       // Copied: the caller may reuse its buffer before the start is issued.
+      // Not with slice(), which returns a view for a Buffer.
       first.ids.push(callId);
-      first.payloads.push(typeof payload === 'string' ? bytes : bytes.slice());
+      first.payloads.push(typeof payload === 'string' ? bytes : new Uint8Array(bytes));
       return new Promise((resolve, reject) => {
         (this.#pending ??= new Map()).set(callId, { resolve, reject });
         this.#updateHold();

@@ -160,6 +160,30 @@ describe('VM#start() with calls in the same run', function () {
     assert.strictEqual(new TextDecoder().decode(await reply), 'abc');
   });
 
+  it('copies a reused Buffer subarray', async function () {
+    const vm = vmm.createVM({ image: echo });
+    const buffer = Buffer.from('xabcx');
+    const starting = vm.start();
+    const reply = vm.call(buffer.subarray(1, 4));
+    buffer.fill(0x7a);
+
+    await starting;
+
+    assert.strictEqual(new TextDecoder().decode(await reply), 'abc');
+  });
+
+  it('settles start() before snapshot()', async function () {
+    const vm = vmm.createVM({ image: echo });
+    const settled: string[] = [];
+    const starting = vm.start().then(() => settled.push('start'));
+    const reply = vm.call('one');
+    const capture = vm.snapshot().then(() => settled.push('snapshot'));
+
+    await Promise.all([starting, reply, capture]);
+
+    assert.deepStrictEqual(settled, ['start', 'snapshot']);
+  });
+
   it('reports a started state at once', async function () {
     const vm = vmm.createVM({ image: echo });
     const starting = vm.start();

@@ -616,6 +616,9 @@ void Engine::worker_main(unsigned index) {
                 lock.unlock();
                 stale = PooledContext();  // closes its VM, vCPU and RAM mapping
                 lock.lock();
+                // A VM that found no context at the cap while this one was
+                // being closed waits for a retry: its slot is free now.
+                retry_context_waiter_locked();
                 continue;
             }
             uint64_t next = timers_.empty() ? 0 : timers_.top().deadline_ns;

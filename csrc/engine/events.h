@@ -3,6 +3,7 @@
 // on the main thread, so a burst of replies costs one main-thread wakeup.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -55,14 +56,28 @@ public:
         }
     }
 
-    // Pushes both in order in one step, so that one drain takes both.
-    void push(Event first, Event second) {
+    // Pushes a kStarted event for `vm_id` when `started_pending` is set, and
+    // clears the flag, then `event` unless it is null, in one step so that one
+    // drain takes both. The flag changes under the queue's lock, so that an
+    // event another thread pushes for the VM cannot get ahead of its kStarted.
+    void push_after_started(std::atomic<bool> &started_pending, uint64_t vm_id, Event *event) {
         bool was_empty;
         {
             std::lock_guard<std::mutex> lock(mutex_);
             was_empty = events_.empty();
-            events_.push_back(std::move(first));
-            events_.push_back(std::move(second));
+            const size_t before = events_.size();
+            if (started_pending.exchange(false, std::memory_order_acq_rel)) {
+                Event started;
+                started.type = EventType::kStarted;
+                started.vm_id = vm_id;
+                events_.push_back(std::move(started));
+            }
+            if (event != nullptr) {
+                events_.push_back(std::move(*event));
+            }
+            if (events_.size() == before) {
+                return;
+            }
         }
         if (was_empty && notify_) {
             notify_();

@@ -415,7 +415,9 @@ void Engine::handle_snapshot_requests(const std::shared_ptr<Machine> &m) {
             event.type = EventType::kSnapshotFailed;
             event.error = status;
         }
-        events_.push(std::move(event));
+        // A VM started with calls queued has not sent kStarted yet, and a
+        // snapshot must not settle before start() does.
+        push_after_started(vm, std::move(event));
     }
 }
 
@@ -481,23 +483,11 @@ void Engine::park_locked(const std::shared_ptr<Machine> &m) {
 }
 
 void Engine::push_started_locked(Machine &m) {
-    if (m.started_pending.exchange(false, std::memory_order_acq_rel)) {
-        Event event;
-        event.type = EventType::kStarted;
-        event.vm_id = m.id;
-        events_.push(std::move(event));
-    }
+    events_.push_after_started(m.started_pending, m.id, nullptr);
 }
 
 void Engine::push_after_started(Machine &m, Event event) {
-    if (m.started_pending.exchange(false, std::memory_order_acq_rel)) {
-        Event started;
-        started.type = EventType::kStarted;
-        started.vm_id = m.id;
-        events_.push(std::move(started), std::move(event));
-        return;
-    }
-    events_.push(std::move(event));
+    events_.push_after_started(m.started_pending, m.id, &event);
 }
 
 void Engine::run_machine(const std::shared_ptr<Machine> &m, bool boot) {

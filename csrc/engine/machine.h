@@ -133,9 +133,9 @@ struct Machine {
     // The vCPU stopped on a hypercall exit that KVM has not completed yet;
     // KvmContext::complete_pending_io must run before its state is read.
     bool io_pending = false;
-    // Booted, kStarted not emitted yet. Set by the worker; cleared by
-    // whichever thread emits the event (exchange, acq_rel), so it goes out
-    // once.
+    // Booted, kStarted not emitted yet. Set by the worker; cleared under
+    // the event queue's lock by whichever thread emits the event
+    // (EventQueue::push_after_started), so it goes out once and first.
     std::atomic<bool> started_pending{false};
     bool start_requested = false;  // Engine::start() accepted it; guarded by Engine::mutex_
     std::vector<uint64_t> snapshot_requests;  // request ids waiting for a capture

@@ -229,7 +229,7 @@ void Engine::run_vcpu(const std::shared_ptr<Machine> &m) {
         }
 
         // kStarted goes out with the VM's first event (reply, console
-        // output, wait or end) rather than after the first exit, so that a
+        // output, snapshot, wait or end) rather than after the first exit, so that a
         // clone's start and first reply reach JavaScript in one batch. The
         // watchdog sends it after a slice for a guest that shows nothing.
         int err = kvm.run();
