@@ -176,7 +176,16 @@ void Engine::release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
     // KVM_RUN returns the segment registers, compared below.
     kvm_regs regs{};
     kvm_sregs sregs{};
+    // A context that cannot be cleaned is freed; its slot under the cap is
+    // then free for a VM waiting for one.
+    auto free_context = [&] {
+        kvm.reset();
+        memory.reset();
+        std::lock_guard<std::mutex> lock(mutex_);
+        retry_context_waiter_locked();
+    };
     if (!kvm->complete_pending_io_and_read(&regs, &sregs).ok()) {
+        free_context();
         return;
     }
     // Copy the source back into every page the guest or the VMM wrote, so
@@ -184,6 +193,7 @@ void Engine::release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
     // copy leaves unknown pages behind: free the context instead.
     PageBitmap written(memory->size() / VMM_PAGE_SIZE);
     if (!memory->written_pages(&written).ok() || !memory->restore_pages(written, *m.source).ok()) {
+        free_context();
         return;
     }
     kvm->clear_exit_request();
@@ -201,12 +211,22 @@ void Engine::release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
         pooled.match.xsave =
             current.capture_xsave(pooled.kvm->vcpu_fd()).ok() && current.xsave == base.xsave;
     }
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!stopping_ && (pool_.size() < options_.pool_size || !context_waiters_.empty())) {
-        pooled.pooled_ns = monotonic_ns();
-        pool_.push_back(std::move(pooled));
+    bool kept = false;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!stopping_ && (pool_.size() < options_.pool_size || !context_waiters_.empty())) {
+            pooled.pooled_ns = monotonic_ns();
+            pool_.push_back(std::move(pooled));
+            kept = true;
+        }
+    }
+    if (!kept) {
+        // Closed before the retry below, so that the waiter finds the
+        // context count under the cap.
+        pooled = PooledContext();
     }
     // A context came back to the pool, or its slot under the cap is free.
+    std::lock_guard<std::mutex> lock(mutex_);
     retry_context_waiter_locked();
 }
 

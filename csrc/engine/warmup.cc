@@ -128,6 +128,8 @@ Status Engine::prewarm_one(const std::shared_ptr<const Snapshot> &snapshot) {
         return Status::failure("ERR_VMM_CLOSED", "the VMM is closed");
     }
     pool_.push_back(std::move(ctx));
+    // A VM that found no free context can take this one.
+    retry_context_waiter_locked();
     return Status::success();
 }
 
