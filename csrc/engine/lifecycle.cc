@@ -211,16 +211,16 @@ void Engine::release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
         pooled.match.xsave =
             current.capture_xsave(pooled.kvm->vcpu_fd()).ok() && current.xsave == base.xsave;
     }
-    bool kept = false;
+    bool returned_to_pool = false;
     {
         std::lock_guard<std::mutex> lock(mutex_);
         if (!stopping_ && (pool_.size() < options_.pool_size || !context_waiters_.empty())) {
             pooled.pooled_ns = monotonic_ns();
             pool_.push_back(std::move(pooled));
-            kept = true;
+            returned_to_pool = true;
         }
     }
-    if (!kept) {
+    if (!returned_to_pool) {
         // Closed before the retry below, so that the waiter finds the
         // context count under the cap.
         pooled = PooledContext();
