@@ -10,7 +10,8 @@ import { requireKvm, settleWithin } from './helpers.js';
 // VMs started per run. Each boots hello, which prints at once and exits, so
 // its console output can race the watchdog's kStarted at the end of a slice.
 // NOTE: that race lasts nanoseconds, and this test did not catch it on the
-// 2-vCPU test host before the fix; it checks the order of every other event.
+// 2-vCPU test host before the fix. It still checks the order of every other
+// event.
 const VM_COUNT = 200;
 // Time the whole run gets before it counts as hung.
 const RUN_LIMIT_MS = 20000;

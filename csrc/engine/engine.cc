@@ -458,7 +458,7 @@ Status Engine::stats(uint64_t vm_id, VmStats *out) {
     if (m->memory) {
         m->memory->resident_bytes(&out->private_bytes, &out->shared_bytes);
     } else if (m->state == VmState::kHibernated && m->has_stored_state) {
-        // No worker owns a hibernated VM, so `stored` holds still. Pages
+        // No worker owns a hibernated VM, so `stored` does not change here. Pages
         // stored once for many VMs (the page table) are not counted.
         out->private_bytes = m->stored.bytes() + m->cpu_runs.capacity();
     }

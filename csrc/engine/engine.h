@@ -172,9 +172,9 @@ private:
     Status acquire_context(uint64_t ram_size, const std::shared_ptr<const MemorySource> &source,
                            PooledContext *out);
     // Moves the pooled context that has been unused longest into `out` when
-    // the pool contains more than pool_size and it has been unused for
-    // kPoolTrimNs; prewarmed contexts stay. Otherwise returns false and sets
-    // `*next_ns` to when one becomes due (0 if none will).
+    // the pool contains more than pool_size and that context has been unused
+    // for kPoolTrimNs. Prewarmed contexts stay. Otherwise returns false and
+    // sets `*next_ns` to when one becomes due (0 if none will).
     bool take_stale_pooled_locked(uint64_t now_ns, PooledContext *out, uint64_t *next_ns);
     // Moves a pooled context of `ram_size` into `out`, preferring one that
     // maps `source_id`. Returns false when none fits.

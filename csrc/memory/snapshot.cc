@@ -72,7 +72,7 @@ namespace {
 // True when `host` (whose all-zero test is `zero`) equals page `page` of
 // `base`. A pooled context keeps the pages it copied back from its source
 // private, so a page can count as written although its content is the
-// base's; a diff need not store such a page. A base page that cannot be
+// base's. A diff need not store such a page. A base page that cannot be
 // read counts as different, which only makes the diff larger.
 bool equals_base_page(const MemorySource &base, uint64_t page, const uint8_t *host, bool zero) {
     if (!base.present.test(page)) {
