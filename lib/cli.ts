@@ -99,7 +99,16 @@ async function runCommand(args: string[]): Promise<number> {
   const vmm = new VMM();
   try {
     const image = await vmm.loadImage(imagePath);
-    const vm = vmm.createVM({ image, memory: values.memory, cmdline: values.cmdline ?? '' });
+    let vm;
+    try {
+      vm = vmm.createVM({ image, memory: values.memory, cmdline: values.cmdline ?? '' });
+    } catch (err) {
+      // A bad --memory or --cmdline value: invalid usage, not a failure.
+      if (err instanceof RangeError || err instanceof TypeError) {
+        throw new UsageError(`invalid --memory or --cmdline: ${err.message}`);
+      }
+      throw err;
+    }
     vm.on('console', (text) => process.stdout.write(text));
     const onSignal = (): void => {
       void vm.kill();

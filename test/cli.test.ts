@@ -97,6 +97,19 @@ describe('vmm CLI', function () {
     }
   });
 
+  describe('run with guest options', function () {
+    const cases: Array<{ args: string[]; fragment: string }> = [
+      { args: ['run', 'hello', '--memory', '3M'], fragment: 'invalid --memory or --cmdline: The "memory" option' },
+      { args: ['run', 'hello', '--memory', '-5'], fragment: 'invalid --memory or --cmdline: The "memory" option' },
+    ];
+    for (const { args, fragment } of cases) {
+      it(`rejects vmm ${args.join(' ')}`, async function () {
+        requireKvm(this);
+        assertUsageError(await runCli(args), fragment);
+      });
+    }
+  });
+
   describe('bench balloon --svg', function () {
     it('rejects a missing directory before running', async function () {
       const file = path.join(dir, 'missing', 'chart.svg');
