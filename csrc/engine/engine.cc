@@ -202,15 +202,10 @@ uint64_t Engine::create_clone(std::shared_ptr<const Snapshot> snapshot) {
 
 Status Engine::snapshot(uint64_t vm_id, uint64_t request_id) {
     std::lock_guard<std::mutex> lock(mutex_);
-    std::shared_ptr<Machine> m = find_locked(vm_id);
-    if (!m) {
-        return destroyed_error(vm_id);
-    }
-    if (m->state == VmState::kCreated) {
-        return not_started_error(vm_id);
-    }
-    if (m->state == VmState::kExited) {
-        return exited_error(vm_id);
+    std::shared_ptr<Machine> m;
+    Status status = find_live_locked(vm_id, &m);
+    if (!status.ok()) {
+        return status;
     }
     m->snapshot_requests.push_back(request_id);
     switch (m->state) {
@@ -308,6 +303,20 @@ std::shared_ptr<Machine> Engine::find_locked(uint64_t vm_id) {
     return it == machines_.end() ? nullptr : it->second;
 }
 
+Status Engine::find_live_locked(uint64_t vm_id, std::shared_ptr<Machine> *out) {
+    *out = find_locked(vm_id);
+    if (!*out) {
+        return destroyed_error(vm_id);
+    }
+    if ((*out)->state == VmState::kCreated) {
+        return not_started_error(vm_id);
+    }
+    if ((*out)->state == VmState::kExited) {
+        return exited_error(vm_id);
+    }
+    return Status::success();
+}
+
 Status Engine::start(uint64_t vm_id, std::vector<Message> first) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) {
@@ -339,15 +348,10 @@ Status Engine::start(uint64_t vm_id, std::vector<Message> first) {
 
 Status Engine::call(uint64_t vm_id, uint64_t call_id, std::vector<uint8_t> data) {
     std::lock_guard<std::mutex> lock(mutex_);
-    std::shared_ptr<Machine> m = find_locked(vm_id);
-    if (!m) {
-        return destroyed_error(vm_id);
-    }
-    if (m->state == VmState::kCreated) {
-        return not_started_error(vm_id);
-    }
-    if (m->state == VmState::kExited) {
-        return exited_error(vm_id);
+    std::shared_ptr<Machine> m;
+    Status status = find_live_locked(vm_id, &m);
+    if (!status.ok()) {
+        return status;
     }
     m->inbox.push_back(Message{call_id, std::move(data)});
     m->counters.calls.fetch_add(1, std::memory_order_relaxed);

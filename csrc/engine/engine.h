@@ -227,6 +227,9 @@ private:
     // Wakes a sleeping worker for a newly queued VM, unless one is polling.
     void wake_worker_locked();
     std::shared_ptr<Machine> find_locked(uint64_t vm_id);
+    // Finds a VM that was started and has not exited. Codes: ERR_VM_DESTROYED,
+    // ERR_VM_NOT_STARTED, ERR_VM_EXITED.
+    Status find_live_locked(uint64_t vm_id, std::shared_ptr<Machine> *out);
     // Completes a VMM_HC_WAIT that the guest is stopped in: copies the next
     // message in or reports the timeout. Returns false when nothing is ready.
     bool complete_wait_locked(Machine &m);

@@ -61,6 +61,14 @@ public:
     // drain takes both. The flag changes under the queue's lock, so that an
     // event another thread pushes for the VM cannot get ahead of its kStarted.
     void push_after_started(std::atomic<bool> &started_pending, uint64_t vm_id, Event *event) {
+        // Every wait and reply passes here. Once the flag is clear, kStarted
+        // is already in the queue, ahead of anything pushed from now on.
+        if (!started_pending.load(std::memory_order_acquire)) {
+            if (event != nullptr) {
+                push(std::move(*event));
+            }
+            return;
+        }
         bool was_empty;
         {
             std::lock_guard<std::mutex> lock(mutex_);

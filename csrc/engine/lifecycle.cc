@@ -162,12 +162,16 @@ void Engine::release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
         std::lock_guard<std::mutex> lock(mutex_);
         keep = !stopping_ && (pool_.size() < options_.pool_size || !context_waiters_.empty());
     }
-    if (!keep) {
+    // A context that is not kept, or cannot be cleaned, is freed. Its slot
+    // under the cap is then free for a VM waiting for one.
+    auto free_context = [&] {
         kvm.reset();
         memory.reset();
-        // Its slot under the cap is free now.
         std::lock_guard<std::mutex> lock(mutex_);
         retry_context_waiter_locked();
+    };
+    if (!keep) {
+        free_context();
         return;
     }
     // An exit KVM has not completed (the last hypercall, or an exception
@@ -176,14 +180,6 @@ void Engine::release_context(Machine &m, std::unique_ptr<KvmContext> kvm,
     // KVM_RUN returns the segment registers, compared below.
     kvm_regs regs{};
     kvm_sregs sregs{};
-    // A context that cannot be cleaned is freed; its slot under the cap is
-    // then free for a VM waiting for one.
-    auto free_context = [&] {
-        kvm.reset();
-        memory.reset();
-        std::lock_guard<std::mutex> lock(mutex_);
-        retry_context_waiter_locked();
-    };
     if (!kvm->complete_pending_io_and_read(&regs, &sregs).ok()) {
         free_context();
         return;
