@@ -28,7 +28,7 @@ export type VMMErrorCode =
   | 'ERR_BALLOON_TARGET';
 
 /**
- * The one error class of the engine. `code` says what failed; `errno` and
+ * The one error class of the engine. `code` names what failed; `errno` and
  * `syscall` are set when a system call failed.
  *
  * @example
@@ -85,7 +85,7 @@ function describe(value: unknown): string {
   return `an instance of ${value.constructor?.name ?? 'Object'}`;
 }
 
-/** What a checked value is: a field of an options object, or a parameter. */
+/** Kind of a checked value: a field of an options object, or a parameter. */
 export type ValueKind = 'option' | 'argument';
 
 /** A TypeError in the shape "The "name" option must be X. Received Y". */

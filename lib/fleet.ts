@@ -33,7 +33,7 @@ export interface FleetResult {
   /** Create to first reply, median. */
   bootP50Us: number;
   bootP99Us: number;
-  /** VMs booted and answered per second of wall time. */
+  /** VMs booted and replied per second of wall time. */
   bootsPerSecond: number;
   /** Drop of MemAvailable with all VMs resident, divided by `vms`. */
   hostBytesPerVm: number;

@@ -23,7 +23,7 @@ class Balloon {
 public:
     void reset(uint64_t ram_pages);
 
-    // Sets the target; returns true when it changed, so the guest must be told.
+    // Sets the target. Returns true when it changed, so the guest must be notified.
     bool set_target(uint64_t pages);
     uint64_t target() const;
 

@@ -22,7 +22,7 @@ struct HypercallResult {
     std::string message;
 };
 
-// What hypercalls need from the engine, which owns the mailbox and events.
+// Engine services the hypercalls use; the engine owns the mailbox and events.
 class HypercallHost {
 public:
     virtual ~HypercallHost() = default;

@@ -67,9 +67,10 @@ static uint64_t default_max_resident(uint64_t open_files, unsigned workers) {
     // with 64 contexts and 8,700 with 256 (bench/density).
     uint64_t limit = 32ull * workers;
     limit = limit < 256 ? limit : 256;
-    // About 640 KiB of host memory per resident context (kernel structures
-    // and shadow page tables; bench/resident measures it), given at most a
-    // quarter of the memory available now.
+
+    // About 640 KiB of host memory per resident context, in kernel structures
+    // and shadow page tables (bench/resident measures it). The contexts get at
+    // most a quarter of the memory available now.
     uint64_t available_kib = 0;
     if (FILE *meminfo = fopen("/proc/meminfo", "re")) {
         char line[128];
@@ -82,6 +83,7 @@ static uint64_t default_max_resident(uint64_t open_files, unsigned workers) {
         }
         fclose(meminfo);
     }
+
     uint64_t by_memory = available_kib / 4 / 640;
     uint64_t by_files = open_files > 256 ? (open_files - 256) / 2 : 16;
     limit = by_memory > 0 && by_memory < limit ? by_memory : limit;
@@ -276,6 +278,7 @@ EngineStats Engine::engine_stats() {
     for (int i = 0; i < 24; i++) {
         out.wake_histogram[i] = wake_histogram_[i];
     }
+
     for (auto &entry : machines_) {
         Machine &m = *entry.second;
         switch (m.state) {
